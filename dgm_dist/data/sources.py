@@ -70,6 +70,14 @@ def download_enabled(download: bool | None) -> bool:
     return os.environ.get("DGM_DOWNLOAD", "1").lower() not in ("0", "false", "no", "off")
 
 
+def locate(source: Source, data_dir: Path | str | None = None) -> Path | None:
+    """The directory that holds all of `source`'s files, without downloading; None if none does."""
+    for d in candidate_dirs(source, data_dir):
+        if _dir_has_all(d, source) is not None:
+            return d
+    return None
+
+
 def resolve(source: Source, data_dir: Path | str | None = None, download: bool | None = None) -> dict[str, Path]:
     """Paths of all of `source`'s files, from the first directory that has them all."""
     searched = candidate_dirs(source, data_dir)

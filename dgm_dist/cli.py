@@ -1,0 +1,169 @@
+"""The `dgm-dist` command line. Thin: parse, build a config, call the library, print.
+
+Errors a user can cause are printed as one line (`dgm-dist: error: ...`) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dgm_dist import __version__
+from dgm_dist.errors import DgmError
+
+EXAMPLES = {
+    "data list": "  dgm-dist data list\n  dgm-dist data list --data-dir ~/datasets --json",
+    "data prepare": "  dgm-dist data prepare fashion-mnist\n"
+                    "  dgm-dist data prepare cluttered-fashion-mnist --set data.cluttered.n_train=10000\n"
+                    "  dgm-dist data prepare mnist --data-dir ~/datasets/mnist",
+    "data inspect": "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png\n"
+                    "  dgm-dist data inspect fashion-mnist --split train --count 64 --out grid.png",
+}
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="a YAML config file (sections data:, model:, optim:, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set data.labels=100 (repeatable)")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files "
+                   "(default: DGM_DATA_DIR, then /usr/share/datasets/<name>, then a verified download)")
+    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgm-dist", formatter_class=_formatter,
+        description="Train, tune, track and export the DTU deep generative models "
+                    "(ADGM/SDGM, Ladder VAE, RNN-SPN) with Ray, MLflow and ONNX.",
+        epilog="examples:\n  dgm-dist data list\n  dgm-dist data prepare fashion-mnist\n"
+               "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png")
+    parser.add_argument("--version", action="version", version=f"dgm-dist {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="list, prepare and look at datasets", formatter_class=_formatter,
+                               description="Datasets: where they are, decoding and caching them, "
+                                           "and image grids to look at them.",
+                               epilog="examples:\n" + "\n".join(EXAMPLES.values()))
+    data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = data_cmds.add_parser("list", help="the known datasets and where each was found",
+                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["data list"],
+                             description="List the datasets dgm-dist reads and where each one's files are "
+                                         "(nothing is downloaded).")
+    p.add_argument("--data-dir", metavar="DIR", help="also look in this directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_data_list)
+
+    p = data_cmds.add_parser("prepare", help="find, decode, check and cache a dataset",
+                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["data prepare"],
+                             description="Find a dataset's files (downloading where allowed), decode and "
+                                         "check them, and cache the arrays (cluttered sequences are "
+                                         "generated and cached). Prints the splits and their shapes.")
+    p.add_argument("dataset", nargs="?", help="dataset name (default: data.dataset of the config)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = data_cmds.add_parser("inspect", help="write a PNG grid of examples with their labels",
+                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["data inspect"],
+                             description="Write a PNG grid of the first examples of a split, each captioned "
+                                         "with its label (a cluttered sequence's labels left to right).")
+    p.add_argument("dataset", nargs="?", help="dataset name (default: data.dataset of the config)")
+    p.add_argument("--out", default="outputs/inspect.png", metavar="PNG", help="where to write the grid")
+    p.add_argument("--split", default="test", help="train, valid or test (default: test)")
+    p.add_argument("--count", type=int, default=16, help="number of examples (default: 16)")
+    p.add_argument("--columns", type=int, default=4, help="grid columns (default: 4)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_inspect)
+    return parser
+
+
+def _config(args):
+    from dgm_dist.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "dataset", None):
+        overrides.insert(0, f"data.dataset={args.dataset}")
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    return load_config(yaml_path=args.config, overrides=overrides)
+
+
+def cmd_data_list(args) -> dict:
+    from dgm_dist.data.catalog import DATASETS, raw_source
+    from dgm_dist.data.sources import locate
+
+    rows = []
+    for name, description in DATASETS.items():
+        source = raw_source(name)
+        where = locate(source, args.data_dir) or (locate(source) if args.data_dir else None)
+        status = str(where) if where else ("missing (downloadable)" if source.checksums else "missing")
+        rows.append({"name": name, "description": description, "location": status})
+    if not args.json:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  -> {r['location']}")
+    return {"datasets": rows}
+
+
+def _load(args):
+    from dgm_dist.data import load_from_config
+
+    cfg = _config(args)
+    started = time.perf_counter()
+    dataset = load_from_config(cfg.data, download=False if args.no_download else None)
+    return cfg, dataset, time.perf_counter() - started
+
+
+def cmd_data_prepare(args) -> dict:
+    cfg, ds, seconds = _load(args)
+    splits = {s: {"images": list(ds.split(s)[0].shape), "labels": list(ds.split(s)[1].shape),
+                  "dtype": str(ds.split(s)[0].dtype)} for s in ds.splits()}
+    summary = {"dataset": ds.name, "origin": ds.origin, "classes": list(ds.classes), "splits": splits,
+               "options": ds.options, "seconds": round(seconds, 3)}
+    if not args.json:
+        print(f"{ds.name}: {ds.num_classes} classes, from {ds.origin} ({seconds:.2f} s)")
+        for s, info in splits.items():
+            print(f"  {s:<5}  images {tuple(info['images'])} {info['dtype']}  labels {tuple(info['labels'])}")
+    return summary
+
+
+def cmd_data_inspect(args) -> dict:
+    from dgm_dist.data.grid import save_grid
+
+    if args.count < 1 or args.columns < 1:
+        raise DgmError(f"--count and --columns must be >= 1 (got {args.count}, {args.columns})")
+    _, ds, _ = _load(args)
+    x, y = ds.split(args.split)
+    x, y = x[: args.count], y[: args.count]
+    captions = [" ".join(ds.classes[int(c)] for c in row) if row.ndim else ds.classes[int(row)] for row in y]
+    path = save_grid(Path(args.out), x, captions, columns=args.columns)
+    if not args.json:
+        print(f"wrote {path}: {len(x)} {args.split} examples of {ds.name}")
+    return {"path": str(path), "dataset": ds.name, "split": args.split, "count": len(x), "labels": captions}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except DgmError as e:
+        print(f"dgm-dist: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dgm-dist: interrupted", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
