@@ -152,6 +152,7 @@ def test_norb_both_stereo_resized_nearest(tmp_path):
     x, y = ds.split("train")
     assert x.shape == (6, 2, 32, 32) and y.tolist() == [0, 1, 2, 3, 4, 0]
     from formats import norb_bytes  # noqa: F401 (same format, raw values)
+
     from dgm_dist.data.norb import read_norb
     raw = read_norb(d / f"smallnorb-{TRAIN}-dat.mat.gz")
     np.testing.assert_array_equal(x[:, :, 5, 7], raw[:, :, 5 * 3 + 1, 7 * 3 + 1])  # PIL nearest = centre pixel

@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from formats import write_mnist_dir
+from PIL import Image
+
+from dgm_dist.cli import build_parser, main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "list"], ["data", "prepare"], ["data", "inspect"]])
+def test_every_command_has_help_with_an_example(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*argv, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "dgm-dist data" in text
+
+
+def test_prepare_json(capsys, tmp_path):
+    d = write_mnist_dir(tmp_path / "m", n_train=100, n_test=20)
+    code, out, _ = run(capsys, "data", "prepare", "mnist", "--data-dir", str(d), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["splits"]["train"]["images"] == [100, 28, 28] and info["origin"] == str(d)
+
+
+def test_inspect_cluttered_writes_png_with_labels(capsys, tmp_path):
+    d = write_mnist_dir(tmp_path / "m", n_train=300, n_test=100)
+    png = tmp_path / "out" / "grid.png"
+    code, out, _ = run(capsys, "data", "inspect", "cluttered-mnist", "--data-dir", str(d), "--out", str(png),
+                       "--count", "6", "--columns", "3", "--json",
+                       "--set", "data.cluttered.n_train=20", "--set", "data.cluttered.n_valid=5",
+                       "--set", "data.cluttered.n_test=10", "--set", "data.cluttered.valid_digits=50")
+    assert code == 0
+    info = json.loads(out)
+    assert len(info["labels"]) == 6 and all(len(lab.split()) == 3 for lab in info["labels"])
+    img = Image.open(png)
+    assert img.size[0] > 3 * 200 and img.size[1] > 2 * 200          # 3x2 grid of 100x100 at scale 2
+    assert np.asarray(img).std() > 10
+
+
+def test_list_shows_locations(capsys, tmp_path):
+    d = write_mnist_dir(tmp_path / "mnist")
+    code, out, _ = run(capsys, "data", "list", "--data-dir", str(d), "--json")
+    rows = {r["name"]: r["location"] for r in json.loads(out)["datasets"]}
+    assert code == 0 and rows["mnist"] == str(d) and rows["cluttered-mnist"] == str(d)
+    assert rows["omniglot"] == "missing"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "prepare", "mnist", "--data-dir", "/nonexistent/dir"], "dataset 'mnist' not found"),
+    (["data", "prepare", "--set", "optim.lr=-1"], "optim.lr=-1.0 is out of range"),
+    (["data", "inspect", "--count", "0"], "--count and --columns must be >= 1"),
+])
+def test_user_errors_are_one_line_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dgm_dist.cli", "data", "prepare", "svhn", "--data-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("dgm-dist: error: dataset 'svhn' not found") and "Traceback" not in proc.stderr
+
+
+def test_inspect_split_error(capsys, tmp_path):
+    d = write_mnist_dir(tmp_path / "m")
+    code, _, err = run(capsys, "data", "inspect", "mnist", "--data-dir", str(d), "--split", "valid")
+    assert code == 2 and "has no 'valid' split; it has ['train', 'test']" in err

@@ -1,0 +1,66 @@
+import pytest
+
+from dgm_dist import config as C
+from dgm_dist.errors import ConfigError
+
+
+def test_defaults_are_valid_and_flatten():
+    cfg = C.load_config()
+    flat = C.flatten(cfg)
+    assert flat["data.dataset"] == "fashion-mnist" and flat["model.hidden"] == [500, 500]
+    assert flat["data.cluttered.canvas"] == 100
+
+
+def test_layers_preset_then_yaml_then_set(tmp_path):
+    C.register_preset("unit-test-preset", "for this test", {"model": {"name": "adgm"}, "optim": {"lr": 1e-3}})
+    y = tmp_path / "c.yaml"
+    y.write_text("optim:\n  lr: 2.0e-3\n  epochs: 7\nmodel:\n  hidden: [300, 200]\n")
+    cfg = C.load_config("unit-test-preset", y, ["optim.epochs=9", "data.cluttered.n_train=500",
+                                                "scaling.use_gpu=true", "data.data_dir=none"])
+    assert cfg.name == "unit-test-preset" and cfg.model.name == "adgm"
+    assert cfg.optim.lr == 2e-3 and cfg.optim.epochs == 9 and cfg.model.hidden == (300, 200)
+    assert cfg.data.cluttered.n_train == 500 and cfg.scaling.use_gpu is True and cfg.data.data_dir is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0", r"optim.lr=0.0 is out of range; must be > 0"),
+    ("optim.lr=fast", r"optim.lr='fast' is not valid: expected a number"),
+    ("model.name=vgg", r"model.name='vgg' is not allowed; choose one of: mlp, m2, adgm"),
+    ("data.dataset=cifar", r"data.dataset='cifar' is not allowed"),
+    ("optim.epochs=2.5", r"optim.epochs='2.5' is not valid: expected an integer"),
+    ("optim.lr_decay=1.5", r"must be <= 1.0"),
+    ("scaling.use_gpu=maybe", "expected true or false"),
+    ("model.hidden=5,x", "expected an integer"),
+    ("optim.learning_rate=1", r"unknown key 'optim.learning_rate'; allowed: optimizer, lr"),
+    ("lr", "expected KEY=VALUE"),
+    ("data.cluttered.digits=two", r"data.cluttered.digits='two'"),
+])
+def test_invalid_overrides_name_field_value_and_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        C.load_config(overrides=[override])
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad}: invalid YAML"):
+        C.load_config(yaml_path=bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model:\n  batch_norm: sometimes\n")
+    with pytest.raises(ConfigError, match=rf"{wrong}: model.batch_norm='sometimes' is not allowed; "
+                                          "choose one of: off, running, full_train"):
+        C.load_config(yaml_path=wrong)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model: 3\n")
+    with pytest.raises(ConfigError, match="'model' must be a mapping"):
+        C.load_config(yaml_path=nested)
+    with pytest.raises(ConfigError, match="not found"):
+        C.load_config(yaml_path=tmp_path / "missing.yaml")
+
+
+def test_presets_are_checked_when_registered():
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
+        C.register_preset("broken", "", {"optim": {"lrr": 1}})
+    assert "broken" not in C.PRESETS
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        C.load_config("nope")
