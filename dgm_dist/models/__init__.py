@@ -1,0 +1,1 @@
+"""nn.Modules and their math. Nothing here knows of Ray, MLflow or files."""

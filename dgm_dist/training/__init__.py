@@ -1,0 +1,1 @@
+"""The per-worker loop, schedules, checkpoints and the Ray Train launcher."""
