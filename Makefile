@@ -32,7 +32,7 @@ run: setup fashion-mnist
 	$(VENV)/bin/dgm-dist data prepare cluttered-fashion-mnist
 	$(VENV)/bin/dgm-dist data inspect cluttered-fashion-mnist --out $(OUT)/cluttered-fashion-mnist.png
 
-test: setup fashion-mnist
+test: setup fashion-mnist lint
 	$(PY) -m pytest -q
 
 lint: setup

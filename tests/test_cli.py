@@ -77,3 +77,12 @@ def test_inspect_split_error(capsys, tmp_path):
     d = write_mnist_dir(tmp_path / "m")
     code, _, err = run(capsys, "data", "inspect", "mnist", "--data-dir", str(d), "--split", "valid")
     assert code == 2 and "has no 'valid' split; it has ['train', 'test']" in err
+
+
+def test_grid_handles_every_image_layout():
+    from dgm_dist.data.grid import image_grid, to_display
+    assert to_display(np.zeros((3, 2, 32, 32), np.uint8)).shape == (3, 32, 64)       # NORB stereo pair
+    assert to_display(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, 32, 32, 3)    # SVHN RGB
+    gray = to_display(np.full((2, 28, 28), 0.5, np.float32))                          # OMNIGLOT floats
+    assert gray.dtype == np.uint8 and gray.max() == 128
+    assert image_grid(np.zeros((5, 32, 32, 3), np.uint8), ["a"] * 5, columns=2).mode == "RGB"
