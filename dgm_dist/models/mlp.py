@@ -34,4 +34,5 @@ class MLPClassifier(nn.Module):
         """Mean cross-entropy of a batch, and its metrics (summed over the batch, for exact averages)."""
         logp = self.classify(x)
         nll = F.nll_loss(logp, y, reduction="none")
-        return nll.mean(), {"nll_sum": nll.detach().sum(), "errors": (logp.argmax(-1) != y).sum()}
+        # float64 sums: full-set figures then do not depend on how the set is cut into batches or shards
+        return nll.mean(), {"nll_sum": nll.detach().double().sum(), "errors": (logp.argmax(-1) != y).sum()}

@@ -1,0 +1,44 @@
+"""Evaluation on a whole split, sharded across workers without padding and all-reduced, so every
+reported figure is for the full set whatever the worker count.
+
+(A `DistributedSampler` pads the last shard by repeating examples; evaluating through it would
+count some examples twice. Here each rank takes a contiguous, disjoint slice instead.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of rank's slice: disjoint, covering 0..n, sizes differing by at most one."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+@torch.no_grad()
+def evaluate_sums(batch_sums: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+                  x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
+                  ) -> dict[str, float]:
+    """Per-example averages of the sums `batch_sums(xb, yb)` returns (e.g. `nll_sum`, `errors`)
+    over the whole of (x, y). Accumulated in float64 and summed over ranks when a process group
+    is running; keys lose their `_sum` suffix (`errors` stays `errors` as a rate)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    start, stop = shard_bounds(len(x), rank, world)
+    totals: dict[str, torch.Tensor] = {}
+    for i in range(start, stop, batch_size):
+        j = min(stop, i + batch_size)
+        for k, v in batch_sums(x[i:j].to(device), y[i:j].to(device)).items():
+            totals[k] = totals.get(k, torch.zeros((), dtype=torch.float64, device=device)) + v.double()
+    keys = sorted(totals) if totals else []
+    if world > 1:
+        # every rank must reduce the same keys in the same order, even one with an empty slice
+        names = [None] * world
+        dist.all_gather_object(names, keys)
+        keys = sorted({k for ks in names for k in ks})
+        packed = torch.stack([totals.get(k, torch.zeros((), dtype=torch.float64, device=device)) for k in keys])
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        totals = dict(zip(keys, packed, strict=True))
+    return {k.removesuffix("_sum"): totals[k].item() / len(x) for k in keys}
