@@ -124,8 +124,10 @@ def _load(args):
 
 def cmd_data_prepare(args) -> dict:
     cfg, ds, seconds = _load(args)
-    splits = {s: {"images": list(ds.split(s)[0].shape), "labels": list(ds.split(s)[1].shape),
-                  "dtype": str(ds.split(s)[0].dtype)} for s in ds.splits()}
+    splits = {}
+    for s in ds.splits():
+        x, y = ds.split(s)
+        splits[s] = {"images": list(x.shape), "labels": list(y.shape), "dtype": str(x.dtype)}
     summary = {"dataset": ds.name, "origin": ds.origin, "classes": list(ds.classes), "splits": splits,
                "options": ds.options, "seconds": round(seconds, 3)}
     if not args.json:

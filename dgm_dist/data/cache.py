@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dgm_dist.errors import DataError
+from dgm_dist.fileio import atomic_write
 
 
 def cache_root() -> Path:
@@ -77,14 +78,8 @@ def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
     """Write arrays to `path` atomically."""
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: (np.savez_compressed if compress else np.savez)(f, **arrays))
     except OSError as e:
         raise DataError(f"cannot write cache file {path} ({e.strerror or e}); set DGM_CACHE_DIR to a "
                         "directory with free space") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -32,7 +32,7 @@ def evaluate_sums(batch_sums: Callable[[torch.Tensor, torch.Tensor], dict[str, t
         j = min(stop, i + batch_size)
         for k, v in batch_sums(x[i:j].to(device), y[i:j].to(device)).items():
             totals[k] = totals.get(k, torch.zeros((), dtype=torch.float64, device=device)) + v.double()
-    keys = sorted(totals) if totals else []
+    keys = sorted(totals)
     if world > 1:
         # every rank must reduce the same keys in the same order, even one with an empty slice
         names = [None] * world

@@ -3,8 +3,6 @@ from. Only tensors and plain Python values are stored, so `torch.load(weights_on
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from dgm_dist.errors import DataError
+from dgm_dist.fileio import atomic_write
 
 STATE_FILE = "state.pt"
 
@@ -49,11 +48,7 @@ def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opti
 def save(state: dict[str, Any], directory: Path) -> Path:
     """Write atomically, so a crash mid-write never leaves a half checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, directory / STATE_FILE)
-    return directory / STATE_FILE
+    return atomic_write(directory / STATE_FILE, lambda f: torch.save(state, f))
 
 
 def load(directory: Path) -> dict[str, Any]:
