@@ -21,6 +21,11 @@ EXAMPLES = {
                     "  dgm-dist data prepare mnist --data-dir ~/datasets/mnist",
     "data inspect": "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png\n"
                     "  dgm-dist data inspect fashion-mnist --split train --count 64 --out grid.png",
+    "train": "  dgm-dist train mlp-fashion --workers 2 --epochs 3\n"
+             "  dgm-dist train mlp --dataset fashion-mnist --workers 0 --epochs 1   # in-process, quick\n"
+             "  dgm-dist train cnn-seq3-cpu --workers 2 --json\n"
+             "  dgm-dist train mlp-fashion --run-name my-run --epochs 10   # same name again: resumes\n"
+             "  dgm-dist train cnn-seq3 --gpus --workers 4 --address auto  # on a running cluster",
 }
 
 
@@ -82,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=4, help="grid columns (default: 4)")
     _add_config_args(p)
     p.set_defaults(func=cmd_data_inspect)
+
+    p = commands.add_parser("train", help="train a model with Ray Train, tracked in MLflow", formatter_class=_formatter,
+                            epilog="examples:\n" + EXAMPLES["train"],
+                            description="Train a model (a preset name such as mlp-fashion, or a bare model name "
+                                        "such as mlp) with Ray Train: DDP over gloo on CPU workers, NCCL on "
+                                        "GPUs; on an embedded local Ray unless --address or RAY_ADDRESS names "
+                                        "a cluster. Every run is logged to MLflow; the same --run-name resumes.")
+    p.add_argument("target", metavar="MODEL_OR_PRESET", help="a preset (see --help of `dgm-dist train`) or a model")
+    p.add_argument("--workers", type=int, metavar="N", help="Ray Train workers (0: in-process local mode)")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--epochs", type=int, metavar="E", help="number of epochs")
+    p.add_argument("--dataset", metavar="NAME", help="dataset (default: the preset's)")
+    p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
+    p.add_argument("--run-name", metavar="NAME", help="name of the run; an existing name resumes it")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -94,6 +116,57 @@ def _config(args):
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     return load_config(yaml_path=args.config, overrides=overrides)
+
+
+def _train_config(args):
+    from dgm_dist.config import MODEL_NAMES, PRESETS, load_config
+
+    import dgm_dist.presets  # noqa: F401
+
+    overrides = []
+    if args.target in PRESETS:
+        preset = args.target
+    elif args.target in MODEL_NAMES:
+        preset, overrides = None, [f"model.name={args.target}", f"name={args.target}"]
+    else:
+        raise DgmError(f"unknown model or preset '{args.target}'; presets: {', '.join(sorted(PRESETS))}; "
+                       f"models: {', '.join(MODEL_NAMES)}")
+    flags = {"data.dataset": args.dataset, "scaling.workers": args.workers, "optim.epochs": args.epochs,
+             "scaling.address": args.address, "data.data_dir": args.data_dir,
+             "scaling.use_gpu": "true" if args.gpus else None}
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    return load_config(preset, args.config, overrides)
+
+
+def cmd_train(args) -> dict:
+    from dgm_dist.training.launcher import train
+
+    cfg = _train_config(args)
+    if args.no_download:
+        import os
+
+        os.environ["DGM_DOWNLOAD"] = "0"
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    result = train(cfg, run_name=args.run_name, verbose=args.verbose, out=out)
+    summary = {"run_name": result.run_name, "model": cfg.model.name, "dataset": cfg.data.dataset,
+               "workers": cfg.scaling.workers, "epochs": cfg.optim.epochs,
+               "metrics": {k: v for k, v in result.metrics.items() if k != "first_step_at"},
+               "checkpoint": result.checkpoint, "mlflow": {"tracking_uri": result.tracking_uri,
+                                                          "run_id": result.mlflow_run_id},
+               "seconds": round(result.seconds, 1),
+               "startup_seconds": None if result.startup_seconds is None else round(result.startup_seconds, 1)}
+    if not args.json:
+        m = result.metrics
+        shown = {k: v for k, v in m.items() if k.startswith(("valid_", "test_"))}
+        print("done in {:.0f} s: ".format(result.seconds) +
+              "  ".join(f"{k} {100 * v:.2f}%" if k.endswith("error") else f"{k} {v:.4f}" for k, v in shown.items()))
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")
+        if result.tracking_uri.startswith("sqlite:"):
+            print(f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}   (then http://127.0.0.1:5000)")
+        print(f"resume or extend: dgm-dist train {args.target} --run-name {result.run_name} --epochs N")
+    return summary
 
 
 def cmd_data_list(args) -> dict:

@@ -35,7 +35,7 @@ def bounded(default, lo=None, hi=None, *, open_lo=False):
 class DataConfig:
     dataset: str = choice("fashion-mnist", *DATASETS)
     data_dir: str | None = None
-    labels: int = bounded(100, 0)              # labelled examples for semi-supervised models
+    labels: int = bounded(0, 0)                # labelled training examples, balanced over classes (0: all)
     validation: int = bounded(10_000, 0)       # held out of the training set (0: none, as the original)
     binarize: str = choice("dynamic", "none", "dynamic", "static")
     seed: int = 0                              # label split and validation hold-out
@@ -53,6 +53,8 @@ class ModelConfig:
     aux: int = bounded(100, 0)
     output: str = choice("bernoulli", "bernoulli", "gaussian")
     batch_norm: str = choice("off", "off", "running", "full_train")
+    dropout: float = bounded(0.0, 0.0, 0.99)
+    channels: tuple[int, ...] = (96, 96, 96)   # conv layers of the CNN classifiers (papers.md 3.4)
     mc_samples: int = bounded(1, 1)
     alpha: float = bounded(0.1, 0.0)           # classification weight, times N / N_l
     downsample: float = bounded(1.0, 1.0)      # SPN output = input / downsample
@@ -62,13 +64,16 @@ class ModelConfig:
 class OptimConfig:
     optimizer: str = choice("adam", "adam", "rmsprop", "sgd")
     lr: float = bounded(3e-4, 0.0, open_lo=True)
-    batch_size: int = bounded(100, 1)
+    batch_size: int = bounded(100, 1)          # global: split evenly over the workers
+    labelled_batch_size: int = bounded(100, 1) # semi-supervised models: labelled examples per step
     epochs: int = bounded(10, 1)
     warmup_epochs: float = bounded(0.0, 0.0)   # KL warm-up length, converted to steps once
     clip_norm: float | None = bounded(5.0, 0.0, open_lo=True)
     clip_value: float | None = bounded(1.0, 0.0, open_lo=True)
+    clip_order: str = choice("norm_then_value", "norm_then_value", "value_then_norm")  # ADGM / RNN-SPN code
     lr_decay: float = bounded(1.0, 0.0, 1.0, open_lo=True)
     lr_decay_every: int = bounded(0, 0)        # epochs; 0 = constant LR
+    lr_decay_start: int = bounded(0, 0)        # epochs before decay begins (RNN-SPN code: 30)
     lr_min: float = bounded(0.0, 0.0)
     weight_decay: float = bounded(0.0, 0.0)
 
@@ -80,14 +85,15 @@ class ScalingConfig:
     cpus_per_worker: float = bounded(1.0, 0.0, open_lo=True)
     address: str | None = None                 # a running Ray cluster; None: start a local one
     max_failures: int = bounded(0, 0)
-    checkpoint_every: int = bounded(1, 1)
+    checkpoint_every: int = bounded(1, 1)     # epochs between evaluations + checkpoints
 
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str | None = None            # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    root: str = "runs"                         # local home of the MLflow DB, artifacts and Ray results
+    tracking_uri: str | None = None            # None: MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db
     experiment: str = "dgm-dist"
-    storage_path: str = "ray_results"
+    storage_path: str | None = None            # Ray Train storage; None: <root>/ray (s3://... on a cluster)
 
 
 @dataclass
@@ -124,6 +130,8 @@ def register_preset(name: str, description: str, overrides: dict[str, Any]) -> N
 
 def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
                 overrides: list[str] = ()) -> Config:
+    import dgm_dist.presets  # noqa: F401  (registers the named presets)
+
     cfg = Config()
     if preset is not None:
         if preset not in PRESETS:

@@ -57,7 +57,7 @@ def test_two_workers_equal_one_process():
         p.join(timeout=60)
         assert p.exitcode == 0
     errors = (model.classify(x).argmax(-1) != y).sum().item()
-    assert single["errors"] == sharded["errors"] == errors / N                  # counts: exact
+    assert single["error"] == sharded["error"] == errors / N                  # counts: exact
     # float32 per-example values may differ in the last bits with the batch shape (BLAS kernels):
     # far below the 1e-6 that reported figures need
     np.testing.assert_allclose(sharded["nll"], single["nll"], rtol=1e-8)

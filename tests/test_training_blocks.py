@@ -70,4 +70,4 @@ def test_mlp_shapes_and_metrics():
     loss, metrics = m.loss(x, y)
     assert torch.allclose(m.classify(x).exp().sum(-1), torch.ones(8))
     assert metrics["nll_sum"].item() == pytest.approx(loss.item() * 8, rel=1e-5)
-    assert 0 <= metrics["errors"].item() <= 8
+    assert 0 <= metrics["error_sum"].item() <= 8

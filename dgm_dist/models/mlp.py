@@ -35,4 +35,10 @@ class MLPClassifier(nn.Module):
         logp = self.classify(x)
         nll = F.nll_loss(logp, y, reduction="none")
         # float64 sums: full-set figures then do not depend on how the set is cut into batches or shards
-        return nll.mean(), {"nll_sum": nll.detach().double().sum(), "errors": (logp.argmax(-1) != y).sum()}
+        return nll.mean(), {"nll_sum": nll.detach().double().sum(), "error_sum": (logp.argmax(-1) != y).sum()}
+
+    forward = loss   # the training loop calls model(**batch): DDP synchronises gradients through forward
+
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sums over the batch for full-set evaluation (`training.evaluation.evaluate_sums`)."""
+        return self.loss(x, y)[1]

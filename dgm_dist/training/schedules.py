@@ -19,9 +19,11 @@ def kl_weight(step: int, total_warmup_steps: int) -> float:
     return min(1.0, step / total_warmup_steps)
 
 
-def learning_rate(base_lr: float, epoch: int, decay: float, every: int, floor: float) -> float:
-    """Step decay: base_lr * decay ** (epoch // every), not below `floor` (the ADGM code's
-    `anneal=[("learningrate", 200, 0.75, 3e-5)]`). `every=0` keeps the LR constant."""
-    if every <= 0 or decay == 1.0:
+def learning_rate(base_lr: float, epoch: int, decay: float, every: int, floor: float, start: int = 0) -> float:
+    """Step decay: base_lr * decay ** ((epoch - start) // every) once `epoch >= start`, not below
+    `floor`. The ADGM code's `anneal=[("learningrate", 200, 0.75, 3e-5)]` is (0.75, 200, 3e-5);
+    the RNN-SPN code's `-decayfac 1.5 -decayinterval 10 -nodecay 30` is (1/1.5, 10, 0, start=30).
+    `every=0` keeps the LR constant."""
+    if every <= 0 or decay == 1.0 or epoch < start:
         return base_lr
-    return max(floor, base_lr * math.pow(decay, epoch // every))
+    return max(floor, base_lr * math.pow(decay, (epoch - start) // every))

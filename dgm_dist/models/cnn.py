@@ -1,0 +1,74 @@
+"""The plain CNN classifier of cluttered digit sequences: the RNN-SPN paper's CNN baseline.
+
+The original code does not include it (papers.md 3.4). Here it is the FFN-SPN's classifier (three
+3x3 convolutions with max-pooling, a dense layer of 400, one softmax head per digit position) applied
+to the whole image resized by `downsample`, i.e. what the CNN-SPN sees when its transformer stays at
+the identity. So the comparison with the SPN models isolates the transformer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_stack(in_channels: int, channels: tuple[int, ...], dropout: float) -> nn.Sequential:
+    """Valid 3x3 convolutions with ReLU; a 2x2 max-pool (and dropout) after every one but the last
+    (the layout of the original classifiers, papers.md 3.3-3.4)."""
+    layers: list[nn.Module] = []
+    for i, c in enumerate(channels):
+        layers += [nn.Conv2d(in_channels, c, 3), nn.ReLU()]
+        if i < len(channels) - 1:
+            layers.append(nn.MaxPool2d(2))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        in_channels = c
+    return nn.Sequential(*layers)
+
+
+def conv_output_size(size: int, layers: int) -> int:
+    for i in range(layers):
+        size -= 2                      # valid 3x3 convolution
+        if i < layers - 1:
+            size //= 2                 # 2x2 max-pool
+    return size
+
+
+class SequenceCNN(nn.Module):
+    """(B, H, W) images of `digits` side-by-side digits -> per-position class log-probabilities."""
+
+    def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (96, 96, 96),
+                 dense: int = 400, downsample: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        self.digits, self.num_classes = digits, num_classes
+        self.glimpse = int(image_size / downsample)        # the original: int(100 / 3.0) = 33
+        side = conv_output_size(self.glimpse, len(channels))
+        if side < 1:
+            raise ValueError(f"a {self.glimpse}x{self.glimpse} input is too small for {len(channels)} conv layers")
+        self.features = conv_stack(1, channels, dropout)
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * side * side, dense), nn.ReLU())
+        self.heads = nn.Linear(dense, digits * num_classes)  # = one Dense-10 softmax per position
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, digits, num_classes) log-probabilities."""
+        x = x.reshape(x.shape[0], 1, x.shape[-2], x.shape[-1])
+        if self.glimpse != x.shape[-1]:
+            x = F.interpolate(x, size=(self.glimpse, self.glimpse), mode="bilinear", align_corners=False)
+        logits = self.heads(self.dense(self.features(x)))
+        return F.log_softmax(logits.view(-1, self.digits, self.num_classes), dim=-1)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy averaged over positions and batch (the original's loss), and sums over the
+        batch of: per-sequence mean NLL, fraction of wrong digits, whether any digit is wrong."""
+        logp = self.classify(x)
+        nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)          # (B,)
+        wrong = logp.argmax(-1) != y                                           # (B, digits)
+        return nll.mean(), {"nll_sum": nll.detach().double().sum(),
+                            "per_digit_error_sum": wrong.double().mean(-1).sum(),
+                            "sequence_error_sum": wrong.any(-1).sum()}
+
+    forward = loss   # the training loop calls model(**batch): DDP synchronises gradients through forward
+
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.loss(x, y)[1]

@@ -1,0 +1,80 @@
+"""Models by name: how to build each from a `ModelConfig`, what data it trains on, and its main metric.
+
+The training loop asks only this registry, so a new model family is one entry here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from dgm_dist.errors import ConfigError
+from dgm_dist.models.cnn import SequenceCNN
+from dgm_dist.models.mlp import MLPClassifier
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know of its dataset."""
+
+    image_shape: tuple[int, ...]        # one example: (H, W) or (H, W, C)
+    num_classes: int
+    sequence_length: int | None = None  # digits per cluttered image; None for one label per image
+
+    @property
+    def features(self) -> int:
+        return math.prod(self.image_shape)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[object, DataInfo], nn.Module]
+    streams: str           # "supervised": labelled batches; "semi_supervised": labelled + unlabelled
+    labels: str            # "single" (one class per image) or "sequence" (one per digit position)
+    main_metric: str       # the validation figure that selects checkpoints and trials (lower is better)
+    description: str
+
+
+def _mlp(m, info: DataInfo) -> nn.Module:
+    return MLPClassifier(info.features, info.num_classes, m.hidden, batch_norm=m.batch_norm != "off",
+                         dropout=m.dropout)
+
+
+def _cnn(m, info: DataInfo) -> nn.Module:
+    if len(info.image_shape) != 2 or info.image_shape[0] != info.image_shape[1]:
+        raise ConfigError(f"model.name=cnn needs square grey-scale images, got {info.image_shape}")
+    return SequenceCNN(info.image_shape[0], info.sequence_length, info.num_classes, m.channels,
+                       dense=m.hidden[0], downsample=m.downsample, dropout=m.dropout)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(_mlp, "supervised", "single", "error",
+                     "supervised MLP classifier (the labelled-data-only baseline)"),
+    "cnn": ModelSpec(_cnn, "supervised", "sequence", "per_digit_error",
+                     "CNN classifier of cluttered digit sequences (the RNN-SPN paper's baseline)"),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ConfigError(f"model.name={name!r} is not implemented yet; available: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(model_cfg, info: DataInfo) -> nn.Module:
+    """The model `model_cfg` names, sized for `info`; a mismatch is a `ConfigError`."""
+    spec = model_spec(model_cfg.name)
+    wants_sequence = spec.labels == "sequence"
+    if wants_sequence != (info.sequence_length is not None):
+        kind = "digit sequences (cluttered-*)" if wants_sequence else "one label per image"
+        raise ConfigError(f"model.name={model_cfg.name} classifies {kind}; choose a matching data.dataset "
+                          f"or model.name (sequences: cnn; single labels: mlp)")
+    if not model_cfg.hidden:
+        raise ConfigError("model.hidden must list at least one layer width")
+    try:
+        return spec.build(model_cfg, info)
+    except ValueError as e:
+        raise ConfigError(f"model {model_cfg.name}: {e}") from None

@@ -1,0 +1,38 @@
+"""Figures a finished run leaves beside its final checkpoint (logged to MLflow by the driver).
+
+Classifiers: the first test examples with the predicted and the true labels. Model families add
+their own (sample grids, reconstructions, attention boxes) through a `figures(data)` method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dgm_dist.data.grid import save_grid
+from dgm_dist.training.data import TrainingData, to_float
+
+COUNT = 16
+
+
+def _label(classes: tuple[str, ...], y: torch.Tensor) -> str:
+    names = classes or tuple(map(str, range(int(y.max()) + 1)))
+    return " ".join(names[int(c)] for c in y.reshape(-1))
+
+
+@torch.no_grad()
+def write_figures(model, data: TrainingData, out: Path, device) -> list[Path]:
+    written = []
+    x, y = data.eval_sets["test"]
+    x, y = x[:COUNT], y[:COUNT]
+    if hasattr(model, "classify"):
+        model.eval()
+        pred = model.classify(to_float(x).to(device)).argmax(-1).cpu()
+        short = tuple(c[:7] for c in data.classes)
+        captions = [f"{_label(short, p)} ({_label(short, t)})" for p, t in zip(pred, y, strict=True)]
+        written.append(save_grid(out / "test_predictions.png", x.numpy(), captions, columns=4))
+    if hasattr(model, "figures"):
+        for name, (images, captions) in model.figures(data).items():
+            written.append(save_grid(out / f"{name}.png", images, captions, columns=8))
+    return written

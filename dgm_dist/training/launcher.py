@@ -1,0 +1,258 @@
+"""Launch one training run: check everything a user can get wrong, start (or join) Ray, run the
+per-worker loop under a `TorchTrainer`, and track the run in MLflow from the driver.
+
+A run is named; running again with the same name and storage path resumes it from its latest
+checkpoint (Ray Train V2's resume key, stack.md 1.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dgm_dist.config import Config, flatten
+from dgm_dist.data import load_from_config
+from dgm_dist.errors import ConfigError, DgmError
+from dgm_dist.models.registry import build_model, model_spec
+from dgm_dist.tracking import RunTracker, check_reachable, learning_curve, resolve_uri
+from dgm_dist.training import data as training_data
+
+
+class TrainingError(DgmError):
+    """A run that started but could not finish (diverged, or workers failed for good)."""
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    tracking_uri: str
+    mlflow_run_id: str
+    storage_path: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    startup_seconds: float | None = None
+
+
+def storage_path(cfg: Config) -> str:
+    path = cfg.tracking.storage_path or str(Path(cfg.tracking.root) / "ray")
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def default_run_name(cfg: Config) -> str:
+    return f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_resources(scaling) -> None:
+    """Fail before Ray starts when the local machine cannot host the workers (a running cluster is
+    checked once connected, in `_check_cluster`)."""
+    if scaling.address or os.environ.get("RAY_ADDRESS"):
+        return
+    if scaling.use_gpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if scaling.workers > gpus:
+            raise ConfigError(f"scaling.workers={scaling.workers} with use_gpu needs {scaling.workers} GPUs; "
+                              f"this machine has {gpus} (drop --gpus, use fewer workers, or --address a cluster)")
+    cpus = os.cpu_count() or 1
+    if scaling.workers * scaling.cpus_per_worker > cpus:
+        raise ConfigError(f"scaling.workers={scaling.workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} "
+                          f"needs {scaling.workers * scaling.cpus_per_worker:g} CPUs; this machine has {cpus}")
+
+
+def _check_cluster(scaling, out) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    need_gpu = scaling.workers if scaling.use_gpu else 0
+    if need_gpu > have.get("GPU", 0) and out:
+        out(f"note: the cluster has {have.get('GPU', 0):g} GPUs now and this run needs {need_gpu}; "
+            f"it waits for the autoscaler to add GPU nodes")
+
+
+def validate(cfg: Config) -> None:
+    """Everything that can be checked without data or Ray."""
+    spec = model_spec(cfg.model.name)
+    world = max(1, cfg.scaling.workers)
+    training_data.per_worker(cfg.optim.batch_size, world)
+    if spec.streams == "semi_supervised":
+        training_data.per_worker(cfg.optim.labelled_batch_size, world, "optim.labelled_batch_size")
+    if cfg.scaling.workers == 0 and cfg.scaling.use_gpu:
+        raise ConfigError("scaling.use_gpu needs scaling.workers >= 1 (local mode runs on the CPU)")
+    check_resources(cfg.scaling)
+
+
+def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=print,
+          kill_at: tuple[int, int, int] | None = None) -> TrainResult:
+    """Train `cfg` to the end and return its final metrics. `kill_at=(epoch, step, rank)` is a fault
+    drill: that worker is SIGKILLed once, mid-epoch."""
+    started = time.time()
+    validate(cfg)
+    uri = resolve_uri(cfg.tracking)
+    check_reachable(uri)
+    spec = model_spec(cfg.model.name)
+    dataset = load_from_config(cfg.data)                       # finds, checks and caches the data once
+    data = training_data.prepare(dataset, cfg.data, spec.streams)
+    build_model(cfg.model, data.info)                          # a model/data mismatch fails here
+    del data, dataset
+    run_name = run_name or default_run_name(cfg)
+    storage = storage_path(cfg)
+
+    tracker = RunTracker(uri, cfg.tracking.experiment, run_name, cfg.tracking.root, flatten(cfg),
+                         tags={"dgm.model": cfg.model.name, "dgm.dataset": cfg.data.dataset,
+                               "dgm.ray_run_name": run_name, "dgm.storage_path": storage})
+    if out:
+        out(f"run {run_name}: {cfg.model.name} on {cfg.data.dataset}, "
+            f"{cfg.scaling.workers or 'in-process'} worker(s); MLflow run {tracker.run_id} at {uri}")
+    from dgm_dist.training.progress import RunMonitor
+
+    monitor = RunMonitor(cfg.optim.epochs, started, log=tracker.log_epoch, out=out)
+    status = "FAILED"
+    try:
+        result = _fit(cfg, run_name, storage, monitor, verbose, out, kill_at)
+        if monitor.nonfinite:
+            raise TrainingError(f"{monitor.nonfinite}. The run stopped; its last good checkpoint is "
+                                f"{monitor.latest_checkpoint or '(none yet)'}")
+        _log_artifacts(tracker, monitor)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        tracker.set_tags({"dgm.stopped": "interrupted by the user"})
+        raise
+    except TrainingError as e:
+        tracker.set_tags({"dgm.error": str(e)[:5000]})
+        raise
+    finally:
+        tracker.end(status)
+    return TrainResult(run_name=run_name, metrics=result, checkpoint=monitor.latest_checkpoint, tracking_uri=uri,
+                       mlflow_run_id=tracker.run_id, storage_path=storage, history=monitor.history,
+                       seconds=time.time() - started, startup_seconds=monitor.startup_seconds)
+
+
+def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, kill_at) -> dict[str, Any]:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from dgm_dist.training.loop import train_loop_per_worker
+
+    loop_config: dict[str, Any] = {"cfg": cfg}
+    if kill_at:
+        marker = Path(tempfile.mkdtemp(prefix="dgm-drill-")) / "killed"
+        loop_config["kill_at"] = {"at": tuple(kill_at), "marker": str(marker)}
+    if cfg.scaling.workers == 0:
+        local_dir = Path(storage) / run_name
+        local_dir.mkdir(parents=True, exist_ok=True)
+        loop_config.update(local_dir=str(local_dir), sink=monitor)
+        _quiet_ray(verbose)
+        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                               scaling_config=ray.train.ScalingConfig(num_workers=0),
+                               run_config=ray.train.RunConfig(name=run_name, storage_path=storage))
+        trainer.fit()
+        return monitor.history[-1] if monitor.history else {}
+
+    from ray.util.queue import Queue
+
+    from dgm_dist.training.progress import ForwardReports, QueueDrain
+
+    with RaySession(cfg.scaling, verbose):
+        _check_cluster(cfg.scaling, out)
+        reports = Queue(actor_options={"num_cpus": 0})
+        resources = {"CPU": cfg.scaling.cpus_per_worker}
+        if cfg.scaling.use_gpu:
+            resources["GPU"] = 1
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.use_gpu,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(
+                name=run_name, storage_path=storage, callbacks=[ForwardReports(reports)],
+                failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+        with QueueDrain(reports, monitor):
+            try:
+                result = trainer.fit()
+            except ray.train.TrainingFailedError as e:
+                raise _explain(e) from None
+        return dict(result.metrics or {})
+
+
+class RaySession:
+    """Joins `scaling.address` / `RAY_ADDRESS`, or starts an embedded local Ray for the run (bound to
+    127.0.0.1) and shuts it down afterwards. A Ray already initialised in this process is reused."""
+
+    def __init__(self, scaling, verbose: bool):
+        self.scaling, self.verbose, self.started = scaling, verbose, False
+
+    def __enter__(self):
+        import ray
+
+        if ray.is_initialized():
+            return self
+        address = self.scaling.address or os.environ.get("RAY_ADDRESS")
+        _quiet_ray(self.verbose)
+        kwargs: dict[str, Any] = {"log_to_driver": self.verbose,
+                                  "logging_level": logging.INFO if self.verbose else logging.WARNING}
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=self.verbose, **kwargs)
+        except ConnectionError as e:
+            raise ConfigError(f"cannot connect to the Ray cluster at {address}: {e}; check --address / "
+                              f"RAY_ADDRESS, or drop it to run on an embedded local Ray") from None
+        self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        import ray
+
+        if self.started:
+            ray.shutdown()
+
+
+def _quiet_ray(verbose: bool) -> None:
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    # the embedded Ray keeps token authentication on (the safe default); its notice is not news
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        level if verbose else logging.ERROR)
+
+
+def _explain(error: Exception) -> Exception:
+    """A worker's own `DgmError` (bad data found on a node, say) as itself; anything else as a
+    `TrainingError` naming the failed ranks."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for exc in failures.values():
+        seen = exc
+        while seen is not None:
+            if isinstance(seen, DgmError):
+                return seen
+            seen = getattr(seen, "cause", None) or seen.__cause__
+    ranks = ", ".join(map(str, sorted(failures))) or "?"
+    first = next(iter(failures.values()), error)
+    return TrainingError(f"training failed on worker rank(s) {ranks} after the allowed restarts "
+                         f"(scaling.max_failures): {str(first).strip().splitlines()[-1] if str(first) else first!r}")
+
+
+def _log_artifacts(tracker: RunTracker, monitor) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if monitor.history:
+            tracker.log_artifact(learning_curve(monitor.history, Path(tmp) / "learning_curve.png"))
+    if monitor.latest_checkpoint:
+        ckpt = Path(monitor.latest_checkpoint)
+        if ckpt.exists():           # a remote storage path (s3://) is referenced by a tag instead
+            figures = ckpt / "figures"
+            if figures.is_dir():
+                tracker.log_artifact(figures, "figures")
+            tracker.log_artifact(ckpt / "state.pt", "checkpoint")
+        tracker.set_tags({"dgm.checkpoint": monitor.latest_checkpoint})

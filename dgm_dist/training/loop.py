@@ -1,0 +1,220 @@
+"""The per-worker training loop: one function, run by every Ray Train worker (or in-process in
+local mode), readable top to bottom.
+
+What makes resume exact: every random draw of an epoch derives from (seed, epoch, rank)
+(`data.epoch_seed`), the LR and KL warm-up are functions of the epoch and the optimizer step, and a
+checkpoint at the end of an epoch holds the model, the optimizer, the epoch and the step. A run
+restarted from it repeats what the uninterrupted run did, bit for bit on one CPU worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from dgm_dist.config import Config, to_dict
+from dgm_dist.data import load_from_config
+from dgm_dist.models.registry import build_model, model_spec
+from dgm_dist.training import data as training_data
+from dgm_dist.training import schedules, state
+from dgm_dist.training.evaluation import evaluate_sums
+from dgm_dist.training.figures import write_figures
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg: Config = config["cfg"]
+    local_dir = Path(config["local_dir"]) if config.get("local_dir") else None   # local mode only
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    checkpoint = ray.train.get_checkpoint()          # once, at the top (stack.md 1.4)
+
+    # ---- data and model -------------------------------------------------------------------------
+    spec = model_spec(cfg.model.name)
+    dataset = load_from_config(cfg.data, download=False)          # the driver has cached it
+    data = training_data.prepare(dataset, cfg.data, spec.streams)
+    torch.manual_seed(cfg.seed)                                   # same initial weights on every rank
+    model = ray.train.torch.prepare_model(build_model(cfg.model, data.info))   # DDP when world > 1
+    device = ray.train.torch.get_device()
+    optimizer = make_optimizer(cfg.optim, model.parameters())
+    steps_per_epoch = training_data.steps_per_epoch(data, cfg.optim.batch_size, world)
+    warmup_total = schedules.warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch)
+
+    start_epoch, step = 0, 0
+    checkpoint_dir = _local_latest(local_dir) if local_dir and checkpoint is None else None
+    with ExitStack() as stack:
+        if checkpoint is not None:
+            checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory()))
+        if checkpoint_dir is not None:
+            start_epoch, step = state.restore(state.load(checkpoint_dir), model, optimizer, generators={})
+
+    # ---- epochs ---------------------------------------------------------------------------------
+    first_step_at = None
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        generator = torch.Generator().manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank))
+        torch.manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank) + 1)       # dropout etc.
+        lr = schedules.learning_rate(cfg.optim.lr, epoch, cfg.optim.lr_decay, cfg.optim.lr_decay_every,
+                                     cfg.optim.lr_min, cfg.optim.lr_decay_start)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        started = time.perf_counter()
+        batches = training_data.epoch_batches(data, epoch, rank, world, cfg.optim.batch_size,
+                                              cfg.optim.labelled_batch_size, cfg.seed)
+        for i, batch in enumerate(batches):
+            _maybe_kill(config.get("kill_at"), epoch, i, rank)
+            batch = {k: _input(v, k, data.dynamic_binarize, generator).to(device) for k, v in batch.items()}
+            loss, terms = model(**batch)          # forward = the loss, so DDP syncs gradients
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = clip_gradients(model.parameters(), cfg.optim)
+            if _any_rank(not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), world):
+                _report({"epoch": epoch + 1, "step": step, "nonfinite": _describe_nonfinite(
+                    epoch + 1, step + 1, loss, grad_norm, terms)}, None, config)
+                return                 # every rank stops here; the last good checkpoint stays
+            optimizer.step()
+            step += 1
+            first_step_at = first_step_at or time.time()
+            terms = {"loss_sum": loss.detach().double() * len(batch["x"]), "examples": len(batch["x"]), **terms}
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float64, device=device)
+        seconds = time.perf_counter() - started
+
+        metrics = {"epoch": epoch + 1, "step": step, "lr": lr, "epoch_seconds": seconds,
+                   **_train_metrics(sums, world, seconds)}
+        if first_step_at and epoch == start_epoch:
+            metrics["first_step_at"] = first_step_at
+        last = epoch + 1 == cfg.optim.epochs
+        checkpoint_out = None
+        if (epoch + 1) % cfg.scaling.checkpoint_every == 0 or last:
+            metrics.update(evaluate(model, data, cfg.optim.batch_size, device))
+            if rank == 0:                                      # only rank 0 writes; all ranks report
+                checkpoint_out = _checkpoint_dir(local_dir, epoch)
+                saved = state.capture(model, optimizer, epoch=epoch, global_step=step, generators={}, extra={
+                    "config": to_dict(cfg), "data_info": to_dict(data.info), "metrics": metrics,
+                    "warmup_steps": warmup_total})
+                state.save(saved, checkpoint_out)
+                if last:
+                    write_figures(state.unwrap(model), data, checkpoint_out / "figures", device)
+        _report(metrics, checkpoint_out, config)
+
+
+# ---- pieces of the loop --------------------------------------------------------------------------
+
+def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
+    kind = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}[optim_cfg.optimizer]
+    return kind(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+
+
+def clip_gradients(params, optim_cfg) -> float:
+    """Total-norm constraint and elementwise clipping in the configured order (ADGM code: norm then
+    value; RNN-SPN code: value then norm). Returns the total gradient norm before any clipping,
+    which is non-finite when any gradient is."""
+    params = [p for p in params if p.grad is not None]
+    raw = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if optim_cfg.clip_order == "value_then_norm":
+        if optim_cfg.clip_value:
+            torch.nn.utils.clip_grad_value_(params, optim_cfg.clip_value)
+        if optim_cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(params, optim_cfg.clip_norm)
+    else:
+        if optim_cfg.clip_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, optim_cfg.clip_norm, raw)   # reuses the norm
+        if optim_cfg.clip_value:
+            torch.nn.utils.clip_grad_value_(params, optim_cfg.clip_value)
+    return raw.item()
+
+
+@torch.no_grad()
+def evaluate(model, data: training_data.TrainingData, batch_size: int, device) -> dict[str, float]:
+    """Full validation and test sets, sharded over the workers without padding, all-reduced."""
+    net = state.unwrap(model)
+    net.eval()
+    out = {}
+    for split, (x, y) in data.eval_sets.items():
+        sums = evaluate_sums(lambda xb, yb: net.eval_sums(training_data.to_float(xb), yb), x, y,
+                             max(batch_size, 500), device)
+        out.update({f"{split}_{k}": v for k, v in sums.items()})
+    return out
+
+
+def _input(x: torch.Tensor, key: str, dynamic_binarize: bool, generator: torch.Generator) -> torch.Tensor:
+    if key == "y":
+        return x
+    x = training_data.to_float(x)
+    return torch.bernoulli(x, generator=generator) if dynamic_binarize else x
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank if it is true on any (so all ranks stop at the same step)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _describe_nonfinite(epoch: int, step: int, loss, grad_norm: float, terms: dict) -> str:
+    values = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
+    return (f"non-finite loss at epoch {epoch}, step {step}: loss={loss.item():.6g}, "
+            f"gradient norm={grad_norm:.6g} (this worker's batch: {values})")
+
+
+def _train_metrics(sums: dict[str, torch.Tensor], world: int, seconds: float) -> dict[str, float]:
+    keys = sorted(sums)
+    packed = torch.stack([sums[k].double().cpu() for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(packed)
+    totals = dict(zip(keys, packed.tolist(), strict=True))
+    n = totals.pop("examples", 0) or 1
+    out = {f"train_{k.removesuffix('_sum')}": v / n for k, v in totals.items()}
+    out["throughput"] = n / seconds if seconds > 0 else 0.0      # examples/s over all workers
+    return out
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, config: dict[str, Any]) -> None:
+    """Every rank calls this the same number of times (`ray.train.report` is a barrier)."""
+    sink = config.get("sink")
+    if sink is not None:                                   # local mode: the driver is this process
+        sink(metrics, str(checkpoint_dir) if checkpoint_dir else None)
+        ray.train.report(metrics)
+        return
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                     if checkpoint_dir else None)
+
+
+def _checkpoint_dir(local_dir: Path | None, epoch: int) -> Path:
+    if local_dir is None:              # Ray copies it into the run's storage; see _report
+        return Path(tempfile.mkdtemp(prefix="dgm-checkpoint-"))
+    path = local_dir / f"checkpoint_epoch={epoch + 1:06d}"
+    for old in sorted(local_dir.glob("checkpoint_epoch=*"))[:-1]:   # keep this one and the previous
+        for f in sorted(old.rglob("*"), reverse=True):
+            f.rmdir() if f.is_dir() else f.unlink()
+        old.rmdir()
+    return path
+
+
+def _local_latest(local_dir: Path) -> Path | None:
+    found = sorted(p for p in local_dir.glob("checkpoint_epoch=*") if (p / state.STATE_FILE).exists())
+    return found[-1] if found else None
+
+
+def _maybe_kill(kill_at, epoch: int, step_in_epoch: int, rank: int) -> None:
+    """Fault drill: SIGKILL this worker once at (epoch, step, rank); `marker` records that it happened."""
+    if not kill_at:
+        return
+    (e, s, r), marker = kill_at["at"], Path(kill_at["marker"])
+    if (epoch + 1, step_in_epoch, rank) == (e, s, r) and not marker.exists():
+        marker.write_text(f"killed rank {rank} at epoch {epoch + 1}, step {step_in_epoch}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
