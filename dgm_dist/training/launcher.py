@@ -39,11 +39,19 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     startup_seconds: float | None = None
+    replayed_epochs: list[int] = field(default_factory=list)   # re-run after worker-group restarts
 
 
 def storage_path(cfg: Config) -> str:
     path = cfg.tracking.storage_path or str(Path(cfg.tracking.root) / "ray")
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def drill_marker(storage: str, run_name: str) -> Path:
+    """Where a fault drill records that it killed a worker (so the restarted worker is spared)."""
+    path = Path(storage) / run_name / "drill-killed-worker"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def default_run_name(cfg: Config) -> str:
@@ -81,13 +89,13 @@ def _check_cluster(scaling, out) -> None:
 def validate(cfg: Config) -> None:
     """Everything that can be checked without data or Ray."""
     spec = model_spec(cfg.model.name)
+    check_resources(cfg.scaling)
     world = max(1, cfg.scaling.workers)
     training_data.per_worker(cfg.optim.batch_size, world)
     if spec.streams == "semi_supervised":
         training_data.per_worker(cfg.optim.labelled_batch_size, world, "optim.labelled_batch_size")
     if cfg.scaling.workers == 0 and cfg.scaling.use_gpu:
         raise ConfigError("scaling.use_gpu needs scaling.workers >= 1 (local mode runs on the CPU)")
-    check_resources(cfg.scaling)
 
 
 def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=print,
@@ -133,7 +141,8 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
         tracker.end(status)
     return TrainResult(run_name=run_name, metrics=result, checkpoint=monitor.latest_checkpoint, tracking_uri=uri,
                        mlflow_run_id=tracker.run_id, storage_path=storage, history=monitor.history,
-                       seconds=time.time() - started, startup_seconds=monitor.startup_seconds)
+                       seconds=time.time() - started, startup_seconds=monitor.startup_seconds,
+                       replayed_epochs=monitor.replayed)
 
 
 def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, kill_at) -> dict[str, Any]:
@@ -145,8 +154,7 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
 
     loop_config: dict[str, Any] = {"cfg": cfg}
     if kill_at:
-        marker = Path(tempfile.mkdtemp(prefix="dgm-drill-")) / "killed"
-        loop_config["kill_at"] = {"at": tuple(kill_at), "marker": str(marker)}
+        loop_config["kill_at"] = {"at": tuple(kill_at), "marker": str(drill_marker(storage, run_name))}
     if cfg.scaling.workers == 0:
         local_dir = Path(storage) / run_name
         local_dir.mkdir(parents=True, exist_ok=True)
@@ -174,14 +182,21 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(
                 name=run_name, storage_path=storage, callbacks=[ForwardReports(reports)],
+                worker_runtime_env={"env_vars": worker_env()},
                 failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
         with QueueDrain(reports, monitor):
             try:
-                result = trainer.fit()
+                trainer.fit()
             except ray.train.TrainingFailedError as e:
                 raise _explain(e) from None
-        return dict(result.metrics or {})
+        return monitor.history[-1] if monitor.history else {}
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's dgm-dist settings (data and cache locations, downloads) for the workers, which a
+    running Ray started them without."""
+    return {k: v for k, v in os.environ.items() if k in ("DGM_DATA_DIR", "DGM_CACHE_DIR", "DGM_DOWNLOAD")}
 
 
 class RaySession:

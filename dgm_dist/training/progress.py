@@ -39,6 +39,7 @@ class RunMonitor:
         self.latest_checkpoint: str | None = None
         self.nonfinite: str | None = None
         self.startup_seconds: float | None = None
+        self.replayed: list[int] = []            # epochs reported again after a restart
         self._first_seen: tuple[float, int] | None = None
 
     def __call__(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
@@ -51,7 +52,11 @@ class RunMonitor:
         if "first_step_at" in metrics and self.startup_seconds is None:
             self.startup_seconds = metrics["first_step_at"] - self.started
         if any(h["epoch"] == epoch for h in self.history):
-            return                    # an epoch re-run after a restart: exact resume, same values
+            # re-run after a worker-group restart from an older checkpoint: exact resume, same values
+            self.replayed.append(epoch)
+            if self.out is not None:
+                self.out(f"epoch {epoch} re-run after a restart (already logged)")
+            return
         self.history.append(metrics)
         if self.log is not None:
             self.log(epoch, {k: v for k, v in metrics.items() if k != "first_step_at"})

@@ -1,0 +1,153 @@
+"""`dgm-dist train` in Ray Train's local mode (in-process): the loop, MLflow tracking on a real
+sqlite store, exact resume, and the failures a user can cause. The multi-worker paths are in
+test_train_ray.py."""
+
+import json
+import os
+import socket
+
+import mlflow
+import pytest
+import ray
+import torch
+from formats import write_mnist_dir
+
+from dgm_dist.cli import main
+from dgm_dist.config import Config, apply
+from dgm_dist.data import load_from_config
+from dgm_dist.models.mlp import MLPClassifier
+from dgm_dist.models.registry import DataInfo, build_model
+from dgm_dist.training import data as training_data
+from dgm_dist.training import state
+from dgm_dist.training.evaluation import evaluate_sums
+
+
+CPUS = os.cpu_count()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")        # one MLflow database for the module: migrations once
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_mnist_dir(tmp_path_factory.mktemp("data") / "mnist", n_train=600, n_test=130)
+
+
+def _train(capsys, root, data_dir, *extra):
+    args = ["train", "mlp", "--dataset", "mnist", "--data-dir", str(data_dir), "--workers", "0", "--json",
+            "--set", f"tracking.root={root}", "--set", "data.validation=100", "--set", "model.hidden=32",
+            "--set", "optim.batch_size=50", "--set", "optim.lr=1e-3", *extra]
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def _client(root):
+    return mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+
+
+def test_local_run_is_tracked_and_evaluated_on_the_full_sets(capsys, root, data_dir):
+    code, summary, err = _train(capsys, root, data_dir, "--epochs", "2")
+    assert code == 0, err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "ex/s" in err        # progress lines
+    m = summary["metrics"]
+    assert m["epoch"] == 2 and {"train_loss", "valid_error", "valid_nll", "test_error", "test_nll"} <= set(m)
+
+    client = _client(root)
+    run = client.get_run(summary["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.batch_size"] == "50" and run.data.params["model.name"] == "mlp"
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_error")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    artifacts |= {a.path for d in ("figures", "checkpoint") for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"learning_curve.png", "figures/test_predictions.png", "checkpoint/state.pt"} <= artifacts
+
+    # the reported test figures are those of the whole test set, recomputed here in one process
+    saved = state.load(summary["checkpoint"])
+    cfg = apply(Config(), saved["extra"]["config"], origin="checkpoint")
+    model = build_model(cfg.model, DataInfo(**saved["extra"]["data_info"]))
+    model.load_state_dict(saved["model"])
+    x, y = load_from_config(cfg.data).split("test")
+    assert len(x) == 130
+    sums = evaluate_sums(lambda xb, yb: model.eval().eval_sums(training_data.to_float(xb), yb),
+                         torch.from_numpy(x), torch.from_numpy(y.astype("int64")), batch_size=500)
+    assert sums == {"error": m["test_error"], "nll": m["test_nll"]}               # exactly
+
+
+def test_same_run_name_resumes_exactly(capsys, root, data_dir):
+    noisy = ["--set", "data.binarize=dynamic", "--set", "model.dropout=0.3", "--set", "scaling.checkpoint_every=1"]
+    code, full, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "whole", *noisy)
+    assert code == 0, err
+    assert _train(capsys, root, data_dir, "--epochs", "1", "--run-name", "parts", *noisy)[0] == 0
+    code, resumed, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "parts", *noisy)
+    assert code == 0, err
+    assert "epoch 1/3" not in err and "epoch 2/3" in err                        # started at epoch 2
+    a, b = state.load(full["checkpoint"]), state.load(resumed["checkpoint"])
+    assert a["global_step"] == b["global_step"] == 3 * 10
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k                       # bitwise
+    assert {k: v for k, v in full["metrics"].items() if k not in ("epoch_seconds", "throughput")} == \
+        {k: v for k, v in resumed["metrics"].items() if k not in ("epoch_seconds", "throughput")}
+
+
+def test_nonfinite_loss_stops_with_one_clear_error(capsys, root, data_dir, monkeypatch):
+    calls = {"n": 0}
+    real = MLPClassifier.loss
+
+    def loss_that_diverges(self, x, y):
+        calls["n"] += 1
+        loss, terms = real(self, x, y)
+        return (loss * float("nan"), terms) if calls["n"] == 13 else (loss, terms)   # epoch 2, step 3
+
+    monkeypatch.setattr(MLPClassifier, "forward", loss_that_diverges)
+    code, _, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "diverges")
+    assert code == 2 and "Traceback" not in err
+    assert "non-finite loss at epoch 2, step 13: loss=nan" in err and "nll_sum=" in err
+    assert "checkpoint_epoch=000001" in err                                       # the last good one
+    run = _client(root).search_runs([_client(root).get_experiment_by_name("dgm-dist").experiment_id],
+                                    "attributes.run_name = 'diverges'")[0]
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["dgm.error"]
+
+
+def test_unreachable_tracking_server_is_reported_before_training(capsys, root, data_dir, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                  # nothing listens there once closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    code, _, err = _train(capsys, root, data_dir, "--epochs", "1")
+    assert code == 2 and f"MLflow tracking server http://127.0.0.1:{port} cannot be reached" in err
+    assert "mlflow server" in err and "epoch" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "-1"], "scaling.workers=-1 is out of range"),
+    (["--workers", "1", "--gpus"], "needs 1 GPUs; this machine has 0"),
+    (["--workers", str(2 * CPUS), "--set", f"optim.batch_size={10 * CPUS}"], f"needs {2 * CPUS} CPUs"),
+    (["--workers", "2", "--set", "optim.batch_size=75"], "must be divisible by the number of workers"),
+    (["--set", "model.name=cnn"], "classifies digit sequences"),
+    (["--set", "model.name=vae"], "not implemented yet"),
+])
+def test_invalid_config_fails_before_ray_starts(capsys, root, data_dir, extra, message):
+    code, _, err = _train(capsys, root, data_dir, "--epochs", "1", *extra)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not ray.is_initialized()
+
+
+def test_unknown_model_or_preset(capsys):
+    assert main(["train", "nosuch"]) == 2
+    assert "unknown model or preset 'nosuch'" in capsys.readouterr().err
+
+
+def test_monitor_logs_each_epoch_once_and_estimates_time():
+    from dgm_dist.training.progress import RunMonitor
+
+    logged, lines = [], []
+    monitor = RunMonitor(4, started=0.0, log=lambda e, m: logged.append(e), out=lines.append)
+    for epoch in (1, 2, 3, 2, 3, 4):             # a restart from the epoch-1 checkpoint replays 2 and 3
+        monitor({"epoch": epoch, "step": 10 * epoch, "train_loss": 1.0 / epoch, "valid_error": 0.5,
+                 "throughput": 1000.0, "epoch_seconds": 0.1}, f"ckpt{epoch}" if epoch % 2 == 0 else None)
+    assert logged == [1, 2, 3, 4] and monitor.replayed == [2, 3] and monitor.latest_checkpoint == "ckpt4"
+    assert lines[0].startswith("epoch 1/4  step      10  train_loss 1.0000  valid_error 50.00%  1,000 ex/s  eta")
+    assert sum("re-run after a restart" in line for line in lines) == 2
