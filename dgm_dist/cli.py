@@ -29,6 +29,15 @@ EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An epilog may be a function, called only when help is shown (the presets' list imports torch)."""
+
+    def format_help(self):
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
 def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -51,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  dgm-dist data list\n  dgm-dist data prepare fashion-mnist\n"
                "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png")
     parser.add_argument("--version", action="version", version=f"dgm-dist {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     data = commands.add_parser("data", help="list, prepare and look at datasets", formatter_class=_formatter,
                                description="Datasets: where they are, decoding and caching them, "
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_inspect)
 
     p = commands.add_parser("train", help="train a model with Ray Train, tracked in MLflow", formatter_class=_formatter,
-                            epilog="examples:\n" + EXAMPLES["train"],
+                            epilog=lambda: _presets_help() + "\n\nexamples:\n" + EXAMPLES["train"],
                             description="Train a model (a preset name such as mlp-fashion, or a bare model name "
                                         "such as mlp) with Ray Train: DDP over gloo on CPU workers, NCCL on "
                                         "GPUs; on an embedded local Ray unless --address or RAY_ADDRESS names "
@@ -107,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _presets_help() -> str:
+    import dgm_dist.presets  # noqa: F401
+    from dgm_dist.config import PRESETS
+    from dgm_dist.models.registry import MODELS
+
+    width = max(map(len, [*PRESETS, *MODELS]))
+    return ("presets:\n" + "\n".join(f"  {n:<{width}}  {p.description}" for n, p in sorted(PRESETS.items()))
+            + "\n\nmodels:\n" + "\n".join(f"  {n:<{width}}  {s.description}" for n, s in MODELS.items()))
+
+
 def _config(args):
     from dgm_dist.config import load_config
 
@@ -119,9 +138,8 @@ def _config(args):
 
 
 def _train_config(args):
-    from dgm_dist.config import MODEL_NAMES, PRESETS, load_config
-
     import dgm_dist.presets  # noqa: F401
+    from dgm_dist.config import MODEL_NAMES, PRESETS, load_config
 
     overrides = []
     if args.target in PRESETS:
@@ -159,7 +177,7 @@ def cmd_train(args) -> dict:
     if not args.json:
         m = result.metrics
         shown = {k: v for k, v in m.items() if k.startswith(("valid_", "test_"))}
-        print("done in {:.0f} s: ".format(result.seconds) +
+        print(f"done in {result.seconds:.0f} s: " +
               "  ".join(f"{k} {100 * v:.2f}%" if k.endswith("error") else f"{k} {v:.4f}" for k, v in shown.items()))
         print(f"checkpoint: {result.checkpoint}")
         print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")

@@ -24,6 +24,10 @@ SERVER_HINT = ("start one with `mlflow server --backend-store-uri sqlite:///mlfl
                "--port 5000`, fix MLFLOW_TRACKING_URI, or unset it to log to a local sqlite file")
 
 
+RESUME_TAG = "dgm.resume_key"     # <storage path>/<run name>: Ray Train's resume key
+EPOCH_METRIC = "epoch"             # logged with every report; its steps are the logged epochs
+
+
 class TrackingError(DgmError):
     """The tracking store cannot be used."""
 
@@ -70,7 +74,7 @@ class RunTracker:
     end, and a terminal status always (`end` is called from a `finally`)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, root: str | Path,
-                 params: dict[str, Any], tags: dict[str, str] | None = None):
+                 params: dict[str, Any], tags: dict[str, str] | None = None, resume_key: str | None = None):
         _quiet_mlflow()
         from mlflow import MlflowClient
         from mlflow.entities import Param
@@ -86,15 +90,36 @@ class RunTracker:
                 exp_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags or {})
+            run = self._resumed_run(exp_id, run_name, resume_key)
+            self.resumed = run is not None
+            if run is None:
+                run = self.client.create_run(exp_id, run_name=run_name, tags=tags or {})
         except Exception as e:  # MLflow raises many types (MlflowException, requests, sqlalchemy)
             raise TrackingError(f"MLflow at {uri} refused to create a run ({type(e).__name__}: {e})") from None
         self.run_id = run.info.run_id
         self.experiment_id = exp_id
         self.logged_epochs: set[int] = set()
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        if self.resumed:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.logged_epochs = {m.step for m in self.client.get_metric_history(self.run_id, EPOCH_METRIC)}
+            # params cannot change in MLflow; what a resumed attempt changed (epochs, say) goes in tags
+            before = run.data.params
+            for k in sorted(k for k in values if k in before and before[k] != values[k]):
+                self.client.set_tag(self.run_id, f"dgm.resumed_with.{k}", values[k])
+            values = {k: v for k, v in values.items() if k not in before}
+        items = [Param(k, v) for k, v in sorted(values.items())]
         for i in range(0, len(items), 100):           # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _resumed_run(self, exp_id: str, run_name: str, resume_key: str | None):
+        """The run logged by an earlier attempt of the same Ray run (same name and storage), so a
+        resumed training continues one metric series instead of starting a second run."""
+        if resume_key is None:
+            return None
+        found = self.client.search_runs([exp_id], f"tags.`{RESUME_TAG}` = '{resume_key}'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+        return found[0] if found else None
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Log one report's numeric metrics at step `epoch`; a repeated epoch (re-run after a restart

@@ -21,7 +21,6 @@ from dgm_dist.training import data as training_data
 from dgm_dist.training import state
 from dgm_dist.training.evaluation import evaluate_sums
 
-
 CPUS = os.cpu_count()
 
 
@@ -80,10 +79,17 @@ def test_same_run_name_resumes_exactly(capsys, root, data_dir):
     noisy = ["--set", "data.binarize=dynamic", "--set", "model.dropout=0.3", "--set", "scaling.checkpoint_every=1"]
     code, full, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "whole", *noisy)
     assert code == 0, err
-    assert _train(capsys, root, data_dir, "--epochs", "1", "--run-name", "parts", *noisy)[0] == 0
+    code, first, err = _train(capsys, root, data_dir, "--epochs", "1", "--run-name", "parts", *noisy)
+    assert code == 0, err
     code, resumed, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "parts", *noisy)
     assert code == 0, err
     assert "epoch 1/3" not in err and "epoch 2/3" in err                        # started at epoch 2
+    client = _client(root)                                                      # one MLflow run, one series
+    assert resumed["mlflow"]["run_id"] == first["mlflow"]["run_id"]
+    assert [m.step for m in client.get_metric_history(resumed["mlflow"]["run_id"], "train_loss")] == [1, 2, 3]
+    run = client.get_run(resumed["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["optim.epochs"] == "1"
+    assert run.data.tags["dgm.resumed_with.optim.epochs"] == "3"
     a, b = state.load(full["checkpoint"]), state.load(resumed["checkpoint"])
     assert a["global_step"] == b["global_step"] == 3 * 10
     for k in a["model"]:

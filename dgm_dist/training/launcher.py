@@ -20,7 +20,7 @@ from dgm_dist.config import Config, flatten
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError
 from dgm_dist.models.registry import build_model, model_spec
-from dgm_dist.tracking import RunTracker, check_reachable, learning_curve, resolve_uri
+from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri
 from dgm_dist.training import data as training_data
 
 
@@ -114,12 +114,14 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
     run_name = run_name or default_run_name(cfg)
     storage = storage_path(cfg)
 
+    resume_key = f"{storage.rstrip('/')}/{run_name}"
     tracker = RunTracker(uri, cfg.tracking.experiment, run_name, cfg.tracking.root, flatten(cfg),
                          tags={"dgm.model": cfg.model.name, "dgm.dataset": cfg.data.dataset,
-                               "dgm.ray_run_name": run_name, "dgm.storage_path": storage})
+                               "dgm.ray_run_name": run_name, RESUME_TAG: resume_key}, resume_key=resume_key)
     if out:
+        again = " (continued)" if tracker.resumed else ""
         out(f"run {run_name}: {cfg.model.name} on {cfg.data.dataset}, "
-            f"{cfg.scaling.workers or 'in-process'} worker(s); MLflow run {tracker.run_id} at {uri}")
+            f"{cfg.scaling.workers or 'in-process'} worker(s); MLflow run {tracker.run_id}{again} at {uri}")
     from dgm_dist.training.progress import RunMonitor
 
     monitor = RunMonitor(cfg.optim.epochs, started, log=tracker.log_epoch, out=out)
