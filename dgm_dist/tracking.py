@@ -156,6 +156,7 @@ def learning_curve(history: list[dict[str, float]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     keys = sorted({k for h in history for k in h if k.endswith(("loss", "nll", "error"))})
     groups = [[k for k in keys if not k.endswith("error")], [k for k in keys if k.endswith("error")]]
@@ -166,6 +167,7 @@ def learning_curve(history: list[dict[str, float]], path: Path) -> Path:
             pts = [(h["epoch"], h[k]) for h in history if k in h]
             ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=k)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -157,3 +157,20 @@ def test_monitor_logs_each_epoch_once_and_estimates_time():
     assert logged == [1, 2, 3, 4] and monitor.replayed == [2, 3] and monitor.latest_checkpoint == "ckpt4"
     assert lines[0].startswith("epoch 1/4  step      10  train_loss 1.0000  valid_error 50.00%  1,000 ex/s  eta")
     assert sum("re-run after a restart" in line for line in lines) == 2
+
+
+def test_sequence_cnn_trains_on_cluttered_sequences(capsys, root, data_dir):
+    code = main(["train", "cnn", "--dataset", "cluttered-mnist", "--data-dir", str(data_dir), "--workers", "0",
+                 "--epochs", "1", "--json", "--set", f"tracking.root={root}", "--set", "model.channels=4,4,4",
+                 "--set", "model.hidden=16", "--set", "optim.batch_size=25",
+                 *[f"--set=data.cluttered.{k}={v}" for k, v in
+                   {"n_train": 100, "n_valid": 30, "n_test": 40, "valid_digits": 100, "clutter_pool": 500}.items()]])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    m = summary["metrics"]
+    assert {"test_per_digit_error", "test_sequence_error", "valid_per_digit_error"} <= set(m)
+    assert m["test_per_digit_error"] <= m["test_sequence_error"] <= 1.0
+    assert m["test_sequence_error"] * 40 == pytest.approx(round(m["test_sequence_error"] * 40))   # k / 40: all 40
+    figures = _client(root).list_artifacts(summary["mlflow"]["run_id"], "figures")
+    assert [f.path for f in figures] == ["figures/test_predictions.png"]

@@ -1,6 +1,6 @@
 """Figures a finished run leaves beside its final checkpoint (logged to MLflow by the driver).
 
-Classifiers: the first test examples with the predicted and the true labels. Model families add
+Classifiers: the first test examples captioned "predicted/true" (class names cut to 4 letters). Model families add
 their own (sample grids, reconstructions, attention boxes) through a `figures(data)` method.
 """
 
@@ -29,8 +29,8 @@ def write_figures(model, data: TrainingData, out: Path, device) -> list[Path]:
     if hasattr(model, "classify"):
         model.eval()
         pred = model.classify(to_float(x).to(device)).argmax(-1).cpu()
-        short = tuple(c[:7] for c in data.classes)
-        captions = [f"{_label(short, p)} ({_label(short, t)})" for p, t in zip(pred, y, strict=True)]
+        short = tuple(c[:4] for c in data.classes)       # captions are as wide as the image
+        captions = [f"{_label(short, p)}/{_label(short, t)}" for p, t in zip(pred, y, strict=True)]
         written.append(save_grid(out / "test_predictions.png", x.numpy(), captions, columns=4))
     if hasattr(model, "figures"):
         for name, (images, captions) in model.figures(data).items():
