@@ -4,7 +4,10 @@ test_train_ray.py."""
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -174,3 +177,27 @@ def test_sequence_cnn_trains_on_cluttered_sequences(capsys, root, data_dir):
     assert m["test_sequence_error"] * 40 == pytest.approx(round(m["test_sequence_error"] * 40))   # k / 40: all 40
     figures = _client(root).list_artifacts(summary["mlflow"]["run_id"], "figures")
     assert [f.path for f in figures] == ["figures/test_predictions.png"]
+
+
+def test_a_stopped_run_ends_failed_not_running(root, data_dir):
+    """SIGTERM (a scheduler stopping the job) mid-run: the process exits 130 and MLflow's run is
+    FAILED with a tag saying why, never left RUNNING."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgm_dist.cli", "train", "mlp", "--dataset", "mnist", "--data-dir", str(data_dir),
+         "--workers", "0", "--epochs", "100000", "--run-name", "stopped", "--set", f"tracking.root={root}",
+         "--set", "data.validation=100", "--set", "model.hidden=8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    try:
+        for line in proc.stdout:
+            if line.split()[:2] == ["epoch", "2/100000"]:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:       # never leave a runaway trainer behind a failed assertion
+            proc.kill()
+    assert proc.returncode == 130 and "dgm-dist: interrupted" in rest and "Traceback" not in rest
+    client = _client(root)
+    run = client.search_runs([client.get_experiment_by_name("dgm-dist").experiment_id],
+                             "attributes.run_name = 'stopped'")[0]
+    assert run.info.status == "FAILED" and "SIGTERM" in run.data.tags["dgm.stopped"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -126,6 +128,7 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
 
     monitor = RunMonitor(cfg.optim.epochs, started, log=tracker.log_epoch, out=out)
     status = "FAILED"
+    restore = _sigterm_as_interrupt()
     try:
         result = _fit(cfg, run_name, storage, monitor, verbose, out, kill_at)
         if monitor.nonfinite:
@@ -134,17 +137,32 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
         _log_artifacts(tracker, monitor)
         status = "FINISHED"
     except KeyboardInterrupt:
-        tracker.set_tags({"dgm.stopped": "interrupted by the user"})
+        tracker.set_tags({"dgm.stopped": "interrupted (SIGINT or SIGTERM)"})
         raise
-    except TrainingError as e:
+    except DgmError as e:
         tracker.set_tags({"dgm.error": str(e)[:5000]})
         raise
     finally:
+        restore()
         tracker.end(status)
     return TrainResult(run_name=run_name, metrics=result, checkpoint=monitor.latest_checkpoint, tracking_uri=uri,
                        mlflow_run_id=tracker.run_id, storage_path=storage, history=monitor.history,
                        seconds=time.time() - started, startup_seconds=monitor.startup_seconds,
                        replayed_epochs=monitor.replayed)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a job stopped by a scheduler, `kill`) unwinds like Ctrl-C, so the MLflow run is
+    ended and the local Ray shut down. Returns the function that restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, kill_at) -> dict[str, Any]:
