@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--epochs", type=int, metavar="E", help="number of epochs")
     p.add_argument("--dataset", metavar="NAME", help="dataset (default: the preset's)")
+    p.add_argument("--labels", type=int, metavar="N", help="labelled training examples, balanced (0: all)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="wall-clock budget: stop after a final full evaluation once it is spent")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
     p.add_argument("--run-name", metavar="NAME", help="name of the run; an existing name resumes it")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
@@ -150,6 +153,7 @@ def _train_config(args):
         raise DgmError(f"unknown model or preset '{args.target}'; presets: {', '.join(sorted(PRESETS))}; "
                        f"models: {', '.join(MODEL_NAMES)}")
     flags = {"data.dataset": args.dataset, "scaling.workers": args.workers, "optim.epochs": args.epochs,
+             "data.labels": args.labels, "optim.max_minutes": args.max_minutes,
              "scaling.address": args.address, "data.data_dir": args.data_dir,
              "scaling.use_gpu": "true" if args.gpus else None}
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
@@ -167,15 +171,19 @@ def cmd_train(args) -> dict:
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
         (lambda line: print(line, flush=True))
     result = train(cfg, run_name=args.run_name, verbose=args.verbose, out=out)
+    m = result.metrics
+    rates = [h["throughput"] for h in result.history if "throughput" in h]
     summary = {"run_name": result.run_name, "model": cfg.model.name, "dataset": cfg.data.dataset,
-               "workers": cfg.scaling.workers, "epochs": cfg.optim.epochs,
+               "labels": cfg.data.labels, "workers": cfg.scaling.workers,
+               "test_error": m.get("test_error", m.get("test_per_digit_error")), "epochs": m.get("epoch"),
+               "steps": m.get("step"), "examples_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
+               "stopped_at_budget": bool(m.get("stopped_at_budget")), "mlflow_run_id": result.mlflow_run_id,
                "metrics": {k: v for k, v in result.metrics.items() if k != "first_step_at"},
                "checkpoint": result.checkpoint, "mlflow": {"tracking_uri": result.tracking_uri,
                                                           "run_id": result.mlflow_run_id},
                "seconds": round(result.seconds, 1),
                "startup_seconds": None if result.startup_seconds is None else round(result.startup_seconds, 1)}
     if not args.json:
-        m = result.metrics
         shown = {k: v for k, v in m.items() if k.startswith(("valid_", "test_"))}
         print(f"done in {result.seconds:.0f} s: " +
               "  ".join(f"{k} {100 * v:.2f}%" if k.endswith("error") else f"{k} {v:.4f}" for k, v in shown.items()))

@@ -55,8 +55,12 @@ class ModelConfig:
     batch_norm: str = choice("off", "off", "running", "full_train")
     dropout: float = bounded(0.0, 0.0, 0.99)
     channels: tuple[int, ...] = (96, 96, 96)   # conv layers of the CNN classifiers (papers.md 3.4)
-    mc_samples: int = bounded(1, 1)
+    mc_samples: int = bounded(1, 1)            # Monte Carlo samples of a (and z) per example in training
+    eval_samples: int = bounded(100, 1)        # draws of a averaged by q(y|a,x) at test time (paper: 100)
+    predict: str = choice("sample", "sample", "mean")   # "mean": a at the mean of q(a|x), deterministic
     alpha: float = bounded(0.1, 0.0)           # classification weight, times N / N_l
+    factored: bool = True                      # per-input first layers, x term computed once per example
+    weight_prior: bool = False                 # N(0, 1) prior on the weights (the original code)
     downsample: float = bounded(1.0, 1.0)      # SPN output = input / downsample
 
 
@@ -67,6 +71,7 @@ class OptimConfig:
     batch_size: int = bounded(100, 1)          # global: split evenly over the workers
     labelled_batch_size: int = bounded(100, 1) # semi-supervised models: labelled examples per step
     epochs: int = bounded(10, 1)
+    max_minutes: float | None = bounded(None, 0.0, open_lo=True)   # wall-clock budget; stops after a final evaluation
     warmup_epochs: float = bounded(0.0, 0.0)   # KL warm-up length, converted to steps once
     clip_norm: float | None = bounded(5.0, 0.0, open_lo=True)
     clip_value: float | None = bounded(1.0, 0.0, open_lo=True)

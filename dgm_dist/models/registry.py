@@ -13,6 +13,7 @@ from torch import nn
 
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.cnn import SequenceCNN
+from dgm_dist.models.dgm import ADGM, M2, SDGM
 from dgm_dist.models.mlp import MLPClassifier
 
 
@@ -23,6 +24,8 @@ class DataInfo:
     image_shape: tuple[int, ...]        # one example: (H, W) or (H, W, C)
     num_classes: int
     sequence_length: int | None = None  # digits per cluttered image; None for one label per image
+    n_unlabelled: int = 0               # training examples (the unlabelled stream: N)
+    n_labelled: int = 0                 # labelled training examples (N_l)
 
     @property
     def features(self) -> int:
@@ -36,6 +39,7 @@ class ModelSpec:
     labels: str            # "single" (one class per image) or "sequence" (one per digit position)
     main_metric: str       # the validation figure that selects checkpoints and trials (lower is better)
     description: str
+    kl_weight: bool = False  # forward takes the KL warm-up weight `kl_weight`
 
 
 def _mlp(m, info: DataInfo) -> nn.Module:
@@ -50,11 +54,26 @@ def _cnn(m, info: DataInfo) -> nn.Module:
                        dense=m.hidden[0], downsample=m.downsample, dropout=m.dropout)
 
 
+def _dgm(cls):
+    def build(m, info: DataInfo) -> nn.Module:
+        return cls(info.features, info.num_classes, hidden=m.hidden, latent=m.latent[0], aux=m.aux,
+                   output=m.output, batch_norm=m.batch_norm != "off", mc_samples=m.mc_samples, alpha=m.alpha,
+                   n_unlabelled=info.n_unlabelled, n_labelled=info.n_labelled, eval_samples=m.eval_samples,
+                   predict=m.predict, factored=m.factored, weight_prior=m.weight_prior)
+    return build
+
+
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(_mlp, "supervised", "single", "error",
                      "supervised MLP classifier (the labelled-data-only baseline)"),
     "cnn": ModelSpec(_cnn, "supervised", "sequence", "per_digit_error",
                      "CNN classifier of cluttered digit sequences (the RNN-SPN paper's baseline)"),
+    "m2": ModelSpec(_dgm(M2), "semi_supervised", "single", "error",
+                    "M2 (Kingma et al. 2014), semi-supervised baseline", kl_weight=True),
+    "adgm": ModelSpec(_dgm(ADGM), "semi_supervised", "single", "error",
+                      "auxiliary deep generative model (Maaloe et al. 2016)", kl_weight=True),
+    "sdgm": ModelSpec(_dgm(SDGM), "semi_supervised", "single", "error",
+                      "skip deep generative model (Maaloe et al. 2016)", kl_weight=True),
 }
 
 

@@ -8,6 +8,7 @@ collation costs more than these small models' steps.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -70,6 +71,7 @@ def prepare(ds: Dataset, data_cfg, streams: str) -> TrainingData:
         evals = {k: (static_binarize(to_unit(ex), data_cfg.seed + i + 1), ey)
                  for i, (k, (ex, ey)) in enumerate(evals.items())}
     as_tensor = torch.from_numpy
+    info = dataclasses.replace(info, n_unlabelled=len(x), n_labelled=len(labelled))
     return TrainingData(
         info=info, train_x=as_tensor(np.ascontiguousarray(x)), train_y=as_tensor(y.astype(np.int64)),
         labelled=as_tensor(np.asarray(labelled, dtype=np.int64)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dgm_dist.data.grid import save_grid
@@ -34,5 +35,5 @@ def write_figures(model, data: TrainingData, out: Path, device) -> list[Path]:
         written.append(save_grid(out / "test_predictions.png", x.numpy(), captions, columns=4))
     if hasattr(model, "figures"):
         for name, (images, captions) in model.figures(data).items():
-            written.append(save_grid(out / f"{name}.png", images, captions, columns=8))
+            written.append(save_grid(out / f"{name}.png", np.asarray(images), captions, columns=8))
     return written

@@ -173,6 +173,8 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
     from dgm_dist.training.loop import train_loop_per_worker
 
     loop_config: dict[str, Any] = {"cfg": cfg}
+    if cfg.optim.max_minutes:
+        loop_config["deadline"] = monitor.started + 60 * cfg.optim.max_minutes
     if kill_at:
         loop_config["kill_at"] = {"at": tuple(kill_at), "marker": str(drill_marker(storage, run_name))}
     if cfg.scaling.workers == 0:

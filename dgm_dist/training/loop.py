@@ -59,7 +59,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_epoch, step = state.restore(state.load(checkpoint_dir), model, optimizer, generators={})
 
     # ---- epochs ---------------------------------------------------------------------------------
-    first_step_at = None
+    first_step_at, out_of_time = None, False
+    deadline = config.get("deadline") or math.inf      # --max-minutes, from the driver's start
     for epoch in range(start_epoch, cfg.optim.epochs):
         generator = torch.Generator().manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank))
         torch.manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank) + 1)       # dropout etc.
@@ -75,27 +76,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, batch in enumerate(batches):
             _maybe_kill(config.get("kill_at"), epoch, i, rank)
             batch = {k: _input(v, k, data.dynamic_binarize, generator).to(device) for k, v in batch.items()}
+            examples = len(batch.get("x_unlabelled", batch["x"]))   # an epoch is a pass over this stream
+            if spec.kl_weight:
+                batch["kl_weight"] = schedules.kl_weight(step, warmup_total)
             loss, terms = model(**batch)          # forward = the loss, so DDP syncs gradients
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = clip_gradients(model.parameters(), cfg.optim)
-            if _any_rank(not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), world):
+            nonfinite, out_of_time = _any_rank(
+                [not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), time.time() > deadline], world)
+            if nonfinite:
                 _report({"epoch": epoch + 1, "step": step, "nonfinite": _describe_nonfinite(
                     epoch + 1, step + 1, loss, grad_norm, terms)}, None, config)
                 return                 # every rank stops here; the last good checkpoint stays
             optimizer.step()
             step += 1
             first_step_at = first_step_at or time.time()
-            terms = {"loss_sum": loss.detach().double() * len(batch["x"]), "examples": len(batch["x"]), **terms}
+            terms = {"loss_sum": loss.detach().double() * examples, "examples": examples, **terms}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float64, device=device)
+            if out_of_time:
+                break                  # the budget is spent: a final evaluation and checkpoint follow
         seconds = time.perf_counter() - started
 
         metrics = {"epoch": epoch + 1, "step": step, "lr": lr, "epoch_seconds": seconds,
                    **_train_metrics(sums, world, seconds)}
         if first_step_at and epoch == start_epoch:
             metrics["first_step_at"] = first_step_at
-        last = epoch + 1 == cfg.optim.epochs
+        last = epoch + 1 == cfg.optim.epochs or out_of_time
+        if out_of_time:
+            metrics["stopped_at_budget"] = 1
         checkpoint_out = None
         if (epoch + 1) % cfg.scaling.checkpoint_every == 0 or last:
             metrics.update(evaluate(model, data, cfg.optim.batch_size, device))
@@ -108,6 +118,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if last:
                     write_figures(state.unwrap(model), data, checkpoint_out / "figures", device)
         _report(metrics, checkpoint_out, config)
+        if out_of_time:
+            return
 
 
 # ---- pieces of the loop --------------------------------------------------------------------------
@@ -156,13 +168,13 @@ def _input(x: torch.Tensor, key: str, dynamic_binarize: bool, generator: torch.G
     return torch.bernoulli(x, generator=generator) if dynamic_binarize else x
 
 
-def _any_rank(flag: bool, world: int) -> bool:
-    """True on every rank if it is true on any (so all ranks stop at the same step)."""
+def _any_rank(flags: list[bool], world: int) -> list[bool]:
+    """Each flag true on every rank if it is true on any (so all ranks stop at the same step)."""
     if world == 1:
-        return flag
-    t = torch.tensor([float(flag)])
+        return flags
+    t = torch.tensor([float(f) for f in flags])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def _describe_nonfinite(epoch: int, step: int, loss, grad_norm: float, terms: dict) -> str:
