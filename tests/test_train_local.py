@@ -201,3 +201,32 @@ def test_a_stopped_run_ends_failed_not_running(root, data_dir):
     run = client.search_runs([client.get_experiment_by_name("dgm-dist").experiment_id],
                              "attributes.run_name = 'stopped'")[0]
     assert run.info.status == "FAILED" and "SIGTERM" in run.data.tags["dgm.stopped"]
+
+
+def _ssl_args(root, data_dir, model="adgm"):
+    return ["train", f"{model}-mnist100-cpu", "--dataset", "mnist", "--data-dir", str(data_dir), "--workers", "0",
+            "--labels", "20", "--json", "--set", f"tracking.root={root}", "--set", "data.validation=100",
+            "--set", "model.hidden=16,16", "--set", "model.latent=4", "--set", "model.aux=4",
+            "--set", "model.eval_samples=3", "--set", "optim.batch_size=50", "--set", "optim.labelled_batch_size=20"]
+
+
+def test_semi_supervised_run_through_the_engine(capsys, root, data_dir):
+    code = main(_ssl_args(root, data_dir) + ["--epochs", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["epochs"] == 2 and s["steps"] == 2 * 10 and s["labels"] == 20 and not s["stopped_at_budget"]
+    assert 0 <= s["test_error"] <= 1 and s["examples_per_s"] > 0
+    assert {"train_labelled_elbo", "train_unlabelled_elbo", "train_classification"} <= set(s["metrics"])
+    figures = {f.path for f in _client(root).list_artifacts(s["mlflow_run_id"], "figures")}
+    assert figures == {"figures/test_predictions.png", "figures/samples_by_class.png", "figures/reconstructions.png"}
+
+
+def test_max_minutes_stops_after_a_final_full_evaluation(capsys, root, data_dir):
+    code = main(_ssl_args(root, data_dir, "sdgm") + ["--epochs", "50", "--max-minutes", "0.0001"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["stopped_at_budget"] and s["epochs"] == 1 and s["steps"] == 1      # the budget ran out at once
+    assert {"test_error", "valid_error", "test_nll"} <= set(s["metrics"]) and s["checkpoint"]
+    assert state.load(s["checkpoint"])["global_step"] == 1

@@ -1,0 +1,146 @@
+"""The math of M2, ADGM and SDGM (papers.md 1.2): bounds, enumeration, factored layers, KL,
+prediction, gradients, and which variables each factor conditions on."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dgm_dist.models import dgm
+from dgm_dist.models.dgm import ADGM, M2, SDGM
+from dgm_dist.models.distributions import kl_normal_standard, log_normal, log_standard_normal, sample_normal
+
+SMALL = {"hidden": (16, 16), "latent": 4, "aux": 3, "n_unlabelled": 600, "n_labelled": 20}
+
+
+def _data(n=6, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g).bernoulli(), torch.randint(0, 10, (n,), generator=g)
+
+
+def _model(cls, **kw):
+    torch.manual_seed(0)
+    return cls(12, 10, **{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_enumerated_unlabelled_bound_equals_the_explicit_sum_over_classes(cls, monkeypatch):
+    monkeypatch.setattr(dgm, "sample_normal", lambda mu, logvar: mu)     # deterministic draws
+    model = _model(cls)
+    x, y = _data()
+    _, unlabelled, _ = model.labelled_and_unlabelled(x, y, x, beta=0.7)
+    a, log_qa = model.draw_aux(x) if model.has_aux else (None, None)
+    log_qy = F.log_softmax(model.class_logits(x, a), -1)
+    explicit = torch.zeros(len(x))
+    for c in range(10):
+        onehot = F.one_hot(torch.full((len(x),), c), 10).float()
+        lc = model.bound(x[:, None], None if a is None else a[:, None], None if a is None else log_qa[:, None],
+                         onehot[:, None], 0.7).squeeze(1)
+        explicit += log_qy[:, c].exp() * (lc - 0.7 * log_qy[:, c])
+    torch.testing.assert_close(unlabelled, explicit, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [ADGM, SDGM])
+def test_one_draw_of_a_serves_the_classifier_and_every_class(cls, monkeypatch):
+    model = _model(cls)
+    seen = {"classifier": [], "bound": []}
+    real_logits, real_bound = model.class_logits, model.bound
+    monkeypatch.setattr(model, "class_logits", lambda x, a: seen["classifier"].append(a) or real_logits(x, a))
+    monkeypatch.setattr(model, "bound", lambda x, a, lq, y, b: seen["bound"].append(a) or real_bound(x, a, lq, y, b))
+    x, y = _data()
+    model.labelled_and_unlabelled(x, y, x + 0, beta=1.0)
+    a_unlabelled = seen["classifier"][-1]
+    assert seen["bound"][-1].shape == (len(x), 1, 3)                     # broadcast over the 10 classes
+    assert torch.equal(seen["bound"][-1][:, 0], a_unlabelled)            # the same draw as q(y|a,x)
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_factored_and_concatenated_first_layers_are_the_same_function(cls):
+    fast, slow = _model(cls, factored=True), _model(cls, factored=False)
+    slow.load_state_dict(fast.state_dict())
+    x, y = _data(seed=3)
+    torch.manual_seed(7)
+    a = fast(x=x, y=y, x_unlabelled=x)[0]
+    torch.manual_seed(7)
+    b = slow(x=x, y=y, x_unlabelled=x)[0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_analytic_kl_agrees_with_monte_carlo():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5), torch.randn(5) * 0.5
+    z = sample_normal(mu.expand(200_000, 5), logvar.expand(200_000, 5))
+    mc = (log_normal(z, mu, logvar) - log_standard_normal(z)).mean()
+    assert mc.item() == pytest.approx(kl_normal_standard(mu, logvar).item(), abs=0.02)
+
+
+@torch.no_grad()
+def test_labelled_elbo_lower_bounds_an_importance_sampled_log_likelihood():
+    """E[L(x,y)] <= log p(x,y), estimated with 4000 importance samples from q(a,z|x,y); and E[L]
+    equals the mean log-weight (the analytic KL of z is the expectation of its Monte Carlo form)."""
+    model = _model(ADGM).eval()
+    x, y = _data(n=3, seed=1)
+    k = 4000
+    xs, ys = x.repeat_interleave(k, 0), F.one_hot(y, 10).float().repeat_interleave(k, 0)
+    torch.manual_seed(1)
+    elbo = model.bound(xs[:, None], *(t[:, None] for t in model.draw_aux(xs)), ys[:, None], 1.0).view(3, k).mean(1)
+    a, log_qa = model.draw_aux(xs)
+    mu, logvar = model.q_z_head(model.q_z(x=xs, a=a, y=ys))
+    z = sample_normal(mu, logvar)
+    log_px = model.p_x_head.log_prob(xs, model.p_x(y=ys, z=z))
+    log_pa = log_normal(a, *model.p_a_head(model.p_a(x=xs, y=ys, z=z)))
+    log_w = (log_px + log_pa - math.log(10) + log_standard_normal(z) - log_qa - log_normal(z, mu, logvar)).view(3, k)
+    log_p = torch.logsumexp(log_w, 1) - math.log(k)
+    assert (elbo <= log_p).all()
+    torch.testing.assert_close(elbo, log_w.mean(1), rtol=0, atol=0.2)
+
+
+@torch.no_grad()
+def test_monte_carlo_prediction_converges_to_its_mean():
+    model = _model(ADGM).eval()
+    x, _ = _data(n=4)
+    torch.manual_seed(1)
+    many = [model.classify(x, samples=4000).exp() for _ in range(2)]
+    few = [model.classify(x, samples=1).exp() for _ in range(20)]
+    spread_many = (many[0] - many[1]).abs().max()
+    spread_few = torch.stack(few).std(0).max()
+    assert spread_many < 0.02 and spread_many < spread_few / 5
+    assert torch.allclose(many[0].sum(-1), torch.ones(4))
+    mean_mode = _model(ADGM, predict="mean").eval()
+    assert torch.equal(mean_mode.classify(x), mean_mode.classify(x))          # deterministic
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_the_unlabelled_term_alone_trains_the_classifier(cls):
+    model = _model(cls)
+    x, y = _data()
+    _, unlabelled, _ = model.labelled_and_unlabelled(x, y, x, beta=1.0)
+    (-unlabelled.mean()).backward()
+    grads = [p.grad for p in list(model.q_y.parameters()) + list(model.q_y_head.parameters())]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("cls, net, inputs", [
+    (ADGM, "q_a", {"x"}), (ADGM, "q_y", {"x", "a"}), (ADGM, "q_z", {"x", "a", "y"}),
+    (ADGM, "p_x", {"y", "z"}), (ADGM, "p_a", {"x", "y", "z"}),           # p(x|y,z) p(a|x,y,z)
+    (SDGM, "q_a", {"x"}), (SDGM, "q_y", {"x", "a"}), (SDGM, "q_z", {"x", "a", "y"}),
+    (SDGM, "p_a", {"y", "z"}), (SDGM, "p_x", {"a", "y", "z"}),           # p(a|z,y) p(x|a,z,y)
+    (M2, "q_y", {"x"}), (M2, "q_z", {"x", "y"}), (M2, "p_x", {"y", "z"}),
+])
+def test_each_factor_conditions_on_what_the_paper_says(cls, net, inputs):
+    assert set(getattr(_model(cls), net).first.names) == inputs
+
+
+def test_classification_weight_is_alpha_n_over_n_labelled():
+    assert _model(ADGM, alpha=0.1, n_unlabelled=60000, n_labelled=100).classification_weight == pytest.approx(60)
+
+
+def test_variances_are_not_forced_above_one():
+    """The port's bug (softplus on the log-variance) made every variance >= 1; here a log-variance
+    can be negative."""
+    model = _model(ADGM)
+    with torch.no_grad():
+        model.q_a_head.logvar.bias.fill_(-3.0)
+    _, logvar = model.aux_posterior(_data()[0])
+    assert (logvar < 0).all()
