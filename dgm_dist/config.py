@@ -91,6 +91,7 @@ class ScalingConfig:
     address: str | None = None                 # a running Ray cluster; None: start a local one
     max_failures: int = bounded(0, 0)
     checkpoint_every: int = bounded(1, 1)     # epochs between evaluations + checkpoints
+    report_every: int = bounded(1, 1)         # epochs between progress reports (raise it for tiny epochs)
 
 
 @dataclass

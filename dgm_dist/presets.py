@@ -17,6 +17,7 @@ register_preset("mlp-mnist100", "labelled-data-only baseline of the ADGM paper: 
     "data": {"dataset": "mnist", "labels": 100, "binarize": "dynamic", "validation": 10_000},
     "model": {"name": "mlp", "hidden": [500, 500]},
     "optim": {"optimizer": "adam", "lr": 3e-4, "batch_size": 100, "epochs": 200},
+    "scaling": {"checkpoint_every": 50, "report_every": 10},       # an epoch is one step of 100 labels
 })
 
 # The RNN-SPN recipe (papers.md 3.3): RMSprop 5e-4, batch 100, LR / 1.5 every 10 epochs after 30.
@@ -74,4 +75,4 @@ register_preset("mlp-fashion100", "labelled-data-only baseline: MLP on 100 Fashi
     "data": {"dataset": "fashion-mnist", "labels": 100, "binarize": "dynamic"},
     "model": {"name": "mlp", "hidden": [500, 500]},
     "optim": {"optimizer": "adam", "lr": 3e-4, "batch_size": 100, "epochs": 1000},
-    "scaling": {"checkpoint_every": 100}})
+    "scaling": {"checkpoint_every": 100, "report_every": 20}})     # an epoch is one step of 100 labels

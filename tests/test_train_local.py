@@ -230,3 +230,11 @@ def test_max_minutes_stops_after_a_final_full_evaluation(capsys, root, data_dir)
     assert s["stopped_at_budget"] and s["epochs"] == 1 and s["steps"] == 1      # the budget ran out at once
     assert {"test_error", "valid_error", "test_nll"} <= set(s["metrics"]) and s["checkpoint"]
     assert state.load(s["checkpoint"])["global_step"] == 1
+
+
+def test_report_every_groups_short_epochs(capsys, root, data_dir):
+    code, s, err = _train(capsys, root, data_dir, "--epochs", "5", "--set", "scaling.report_every=2",
+                          "--set", "scaling.checkpoint_every=5")
+    assert code == 0, err
+    assert [h.step for h in _client(root).get_metric_history(s["mlflow"]["run_id"], "train_loss")] == [2, 4, 5]
+    assert "test_error" in s["metrics"] and s["metrics"]["step"] == 50

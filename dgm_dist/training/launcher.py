@@ -192,6 +192,10 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
 
     from dgm_dist.training.progress import ForwardReports, QueueDrain
 
+    # the controller collects reports when it polls the workers (every 2 s by default); a shorter
+    # interval keeps short epochs from waiting on it (the user's own setting wins)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
     with RaySession(cfg.scaling, verbose):
         _check_cluster(cfg.scaling, out)
         reports = Queue(actor_options={"num_cpus": 0})

@@ -59,7 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_epoch, step = state.restore(state.load(checkpoint_dir), model, optimizer, generators={})
 
     # ---- epochs ---------------------------------------------------------------------------------
-    first_step_at, out_of_time = None, False
+    first_step_at, first_step_reported, out_of_time, report_due = None, False, False, True
     deadline = config.get("deadline") or math.inf      # --max-minutes, from the driver's start
     for epoch in range(start_epoch, cfg.optim.epochs):
         generator = torch.Generator().manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank))
@@ -69,7 +69,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        sums: dict[str, torch.Tensor] = {}
+        if report_due:
+            sums: dict[str, torch.Tensor] = {}             # train metrics since the last report
+            seconds, epochs_since = 0.0, 0
         started = time.perf_counter()
         batches = training_data.epoch_batches(data, epoch, rank, world, cfg.optim.batch_size,
                                               cfg.optim.labelled_batch_size, cfg.seed)
@@ -97,17 +99,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float64, device=device)
             if out_of_time:
                 break                  # the budget is spent: a final evaluation and checkpoint follow
-        seconds = time.perf_counter() - started
-
-        metrics = {"epoch": epoch + 1, "step": step, "lr": lr, "epoch_seconds": seconds,
-                   **_train_metrics(sums, world, seconds)}
-        if first_step_at and epoch == start_epoch:
-            metrics["first_step_at"] = first_step_at
+        seconds += time.perf_counter() - started
+        epochs_since += 1
         last = epoch + 1 == cfg.optim.epochs or out_of_time
+        evaluate_now = (epoch + 1) % cfg.scaling.checkpoint_every == 0 or last
+        report_due = evaluate_now or (epoch + 1) % cfg.scaling.report_every == 0
+        if not report_due:
+            continue                   # same decision on every rank: reports are barriers
+
+        metrics = {"epoch": epoch + 1, "step": step, "lr": lr, "epoch_seconds": seconds / epochs_since,
+                   **_train_metrics(sums, world, seconds)}
+        if first_step_at and not first_step_reported:
+            metrics["first_step_at"], first_step_reported = first_step_at, True
         if out_of_time:
             metrics["stopped_at_budget"] = 1
         checkpoint_out = None
-        if (epoch + 1) % cfg.scaling.checkpoint_every == 0 or last:
+        if evaluate_now:
             metrics.update(evaluate(model, data, cfg.optim.batch_size, device))
             if rank == 0:                                      # only rank 0 writes; all ranks report
                 checkpoint_out = _checkpoint_dir(local_dir, epoch)
