@@ -38,6 +38,7 @@ class DataConfig:
     labels: int = bounded(0, 0)                # labelled training examples, balanced over classes (0: all)
     validation: int = bounded(10_000, 0)       # held out of the training set (0: none, as the original)
     binarize: str = choice("dynamic", "none", "dynamic", "static")
+    eval_binarize: bool = False                # with dynamic: validation/test binarized once (the LVAE code)
     seed: int = 0                              # label split and validation hold-out
     norb_stereo: str = choice("both", "both", "left_duplicated")
     norb_size: int = bounded(32, 1)
@@ -61,6 +62,8 @@ class ModelConfig:
     alpha: float = bounded(0.1, 0.0)           # classification weight, times N / N_l
     factored: bool = True                      # per-input first layers, x term computed once per example
     weight_prior: bool = False                 # N(0, 1) prior on the weights (the original code)
+    share: bool = False                        # LVAE: p(z_i|z_i+1) shares the top-down inference networks
+    iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood
     downsample: float = bounded(1.0, 1.0)      # SPN output = input / downsample
 
 

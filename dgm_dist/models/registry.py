@@ -14,6 +14,7 @@ from torch import nn
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.cnn import SequenceCNN
 from dgm_dist.models.dgm import ADGM, M2, SDGM
+from dgm_dist.models.lvae import HierarchicalVAE, LadderVAE
 from dgm_dist.models.mlp import MLPClassifier
 
 
@@ -40,6 +41,7 @@ class ModelSpec:
     main_metric: str       # the validation figure that selects checkpoints and trials (lower is better)
     description: str
     kl_weight: bool = False  # forward takes the KL warm-up weight `kl_weight`
+    mode: str = "min"        # whether the main metric is better low ("min") or high ("max")
 
 
 def _mlp(m, info: DataInfo) -> nn.Module:
@@ -63,6 +65,13 @@ def _dgm(cls):
     return build
 
 
+def _vae(cls):
+    def build(m, info: DataInfo) -> nn.Module:
+        return cls(info.features, latent=m.latent, hidden=m.hidden, output=m.output, batch_norm=m.batch_norm,
+                   share=m.share, iw_samples=m.iw_samples)
+    return build
+
+
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(_mlp, "supervised", "single", "error",
                      "supervised MLP classifier (the labelled-data-only baseline)"),
@@ -74,6 +83,11 @@ MODELS: dict[str, ModelSpec] = {
                       "auxiliary deep generative model (Maaloe et al. 2016)", kl_weight=True),
     "sdgm": ModelSpec(_dgm(SDGM), "semi_supervised", "single", "error",
                       "skip deep generative model (Maaloe et al. 2016)", kl_weight=True),
+    "vae": ModelSpec(_vae(HierarchicalVAE), "unsupervised", "single", "iw_ll",
+                     "hierarchical VAE, q(z_1|x) q(z_2|z_1) ... (the LVAE paper's baseline)", kl_weight=True,
+                     mode="max"),
+    "lvae": ModelSpec(_vae(LadderVAE), "unsupervised", "single", "iw_ll",
+                      "Ladder VAE (Sonderby et al. 2016)", kl_weight=True, mode="max"),
 }
 
 

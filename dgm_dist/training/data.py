@@ -54,20 +54,23 @@ def prepare(ds: Dataset, data_cfg, streams: str) -> TrainingData:
     if "valid" in ds.splits():
         valid = ds.split("valid")
         keep, labelled = np.arange(len(x)), np.arange(len(x))
-        if data_cfg.labels:
+        if data_cfg.labels and streams != "unsupervised":
             labelled = semi_supervised_split(y, data_cfg.labels, 0, info.num_classes, data_cfg.seed).labelled
     elif info.sequence_length is None:
-        split = semi_supervised_split(y, data_cfg.labels, data_cfg.validation, info.num_classes, data_cfg.seed)
+        n_labels = 0 if streams == "unsupervised" else data_cfg.labels
+        split = semi_supervised_split(y, n_labels, data_cfg.validation, info.num_classes, data_cfg.seed)
         valid = (x[split.valid], y[split.valid])
         keep = split.unlabelled
-        labelled = split.labelled if data_cfg.labels else keep
+        labelled = split.labelled if data_cfg.labels and streams != "unsupervised" else keep
         labelled = np.searchsorted(keep, labelled)          # indices into the kept examples
     else:  # pragma: no cover - every sequence dataset ships its validation split
         raise ConfigError(f"{ds.name} has no validation split")
     x, y = x[keep], y[keep]
     evals = {"valid": valid, "test": ds.split("test")}
-    if data_cfg.binarize == "static":    # one fixed sample of every split (the LVAE code's test set)
+    if data_cfg.binarize == "static":    # one fixed sample of every split
         x = static_binarize(to_unit(x), data_cfg.seed)
+    if data_cfg.binarize == "static" or (data_cfg.binarize == "dynamic" and data_cfg.eval_binarize):
+        # the LVAE code: dynamic binarization in training, the test set binarized once
         evals = {k: (static_binarize(to_unit(ex), data_cfg.seed + i + 1), ey)
                  for i, (k, (ex, ey)) in enumerate(evals.items())}
     as_tensor = torch.from_numpy

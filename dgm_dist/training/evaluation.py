@@ -7,6 +7,7 @@ count some examples twice. Here each rank takes a contiguous, disjoint slice ins
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -22,8 +23,8 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 def evaluate_sums(batch_sums: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
                   x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
                   ) -> dict[str, float]:
-    """Per-example averages of the sums `batch_sums(xb, yb)` returns (e.g. `nll_sum`, `errors`)
-    over the whole of (x, y). Accumulated in float64 and summed over ranks when a process group
+    """Per-example averages of the sums `batch_sums(xb, yb)` returns (e.g. `nll_sum`, `error_sum`;
+    scalars or vectors) over the whole of (x, y). Accumulated in float64 and summed over ranks when a process group
     is running; keys lose their `_sum` suffix (`errors` stays `errors` as a rate)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     start, stop = shard_bounds(len(x), rank, world)
@@ -34,11 +35,15 @@ def evaluate_sums(batch_sums: Callable[[torch.Tensor, torch.Tensor], dict[str, t
             totals[k] = totals.get(k, torch.zeros((), dtype=torch.float64, device=device)) + v.double()
     keys = sorted(totals)
     if world > 1:
-        # every rank must reduce the same keys in the same order, even one with an empty slice
+        # every rank must reduce the same keys and shapes in the same order, even one with an empty slice
         names = [None] * world
-        dist.all_gather_object(names, keys)
-        keys = sorted({k for ks in names for k in ks})
-        packed = torch.stack([totals.get(k, torch.zeros((), dtype=torch.float64, device=device)) for k in keys])
+        dist.all_gather_object(names, {k: tuple(totals[k].shape) for k in keys})
+        shapes = {k: s for ks in names for k, s in ks.items()}
+        keys = sorted(shapes)
+        packed = torch.cat([totals.get(k, torch.zeros(shapes[k], dtype=torch.float64, device=device)).reshape(-1)
+                            for k in keys])
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        totals = dict(zip(keys, packed, strict=True))
-    return {k.removesuffix("_sum"): totals[k].item() / len(x) for k in keys}
+        sizes = [math.prod(shapes[k]) for k in keys]
+        totals = {k: t.reshape(shapes[k]) for k, t in zip(keys, packed.split(sizes), strict=True)}
+    # scalars as floats; vector sums (per-unit statistics) as lists
+    return {k.removesuffix("_sum"): (totals[k] / len(x)).tolist() for k in keys}

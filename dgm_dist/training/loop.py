@@ -159,11 +159,18 @@ def clip_gradients(params, optim_cfg) -> float:
 def evaluate(model, data: training_data.TrainingData, batch_size: int, device) -> dict[str, float]:
     """Full validation and test sets, sharded over the workers without padding, all-reduced."""
     net = state.unwrap(model)
+    if hasattr(net, "prepare_evaluation"):         # e.g. batch-norm statistics of the full training set
+        x = training_data.to_float(data.train_x)
+        if data.dynamic_binarize:                   # one seeded sample, the same on every worker
+            x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+        net.prepare_evaluation(x.to(device))
     net.eval()
     out = {}
     for split, (x, y) in data.eval_sets.items():
         sums = evaluate_sums(lambda xb, yb: net.eval_sums(training_data.to_float(xb), yb), x, y,
                              max(batch_size, 500), device)
+        if hasattr(net, "summarize"):              # per-unit statistics -> figures such as active units
+            sums = net.summarize(sums)
         out.update({f"{split}_{k}": v for k, v in sums.items()})
     return out
 

@@ -1,0 +1,220 @@
+"""Hierarchical VAE and Ladder VAE (Sønderby et al. 2016; papers.md 2.2).
+
+VAE:   q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1});             p(z_L) p(z_{L-1}|z_L) ... p(x|z_1)
+LVAE:  a deterministic bottom-up pass d_i = MLP(mu_hat_{i-1}) gives (mu_hat_i, var_hat_i) (the code's
+       `only_mu_up`); then top-down, z_L ~ N(mu_hat_L, var_hat_L) and for i = L-1 .. 1 a top-down MLP of
+       the POSTERIOR sample z_{i+1} gives (mu_p, var_p), merged with the bottom-up term by precision:
+           var_q = 1 / (1/var_hat + 1/var_p),   mu_q = (mu_hat/var_hat + mu_p/var_p) var_q,
+       and z_i ~ N(mu_q, var_q). The generative p(z_i|z_{i+1}) is the same top-down network
+       (`share=True`, the paper's LVAE) or its own (`share=False`, the released code's default).
+
+Every stochastic layer has a 2-layer MLP with leaky ReLU (leakiness 0.01, Lasagne's default); variances
+come from a softplus (plus 1e-5, the code's eps). Batch norm, when on, follows every hidden dense layer
+(the original also normalised the mean/variance heads; here they are left plain).
+
+Training bound (warm-up weight beta on every KL, per optimizer step):
+    log p(x|z_1) - beta * sum_i KL(q(z_i|.) || p(z_i|z_{i+1}))
+with the KL of each layer analytic given the sampled parent. The importance-weighted bound with k
+samples, log mean_k exp(log p(x, z^k) - log q(z^k|x)), uses sampled log-densities; k = 1 is the ELBO
+in expectation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgm_dist.models.distributions import log_bernoulli, log_normal, log_standard_normal
+
+VAR_EPS = 1e-5
+
+
+class Dense(nn.Module):
+    """`depth` dense layers of `width`, each followed by optional batch norm and leaky ReLU."""
+
+    def __init__(self, in_features: int, width: int, depth: int = 2, batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            lin = nn.Linear(in_features, width)
+            nn.init.xavier_normal_(lin.weight, gain=nn.init.calculate_gain("relu"))
+            nn.init.zeros_(lin.bias)
+            layers += [lin] + ([nn.BatchNorm1d(width)] if batch_norm else []) + [nn.LeakyReLU(0.01)]
+            in_features = width
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class Gaussian(nn.Module):
+    """MLP -> (mean, log-variance) with variance = softplus(.) + 1e-5."""
+
+    def __init__(self, in_features: int, width: int, out_features: int, batch_norm: bool):
+        super().__init__()
+        self.body = Dense(in_features, width, 2, batch_norm)
+        self.mu, self.var = nn.Linear(width, out_features), nn.Linear(width, out_features)
+
+    def forward(self, h: torch.Tensor):
+        d = self.body(h)
+        return self.mu(d), torch.log(F.softplus(self.var(d)) + VAR_EPS), d
+
+
+def merge(mu_hat, logvar_hat, mu_p, logvar_p):
+    """Precision-weighted combination of two Gaussians (LVAE eq. for q(z_i|.))."""
+    prec_hat, prec_p = torch.exp(-logvar_hat), torch.exp(-logvar_p)
+    var = 1.0 / (prec_hat + prec_p)
+    return (mu_hat * prec_hat + mu_p * prec_p) * var, torch.log(var)
+
+
+def kl_normal(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per unit (not summed)."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0)
+
+
+class HierarchicalVAE(nn.Module):
+    ladder = False
+
+    def __init__(self, x_dim: int, latent=(64, 32, 16, 8, 4), hidden=(512, 256, 128, 64, 32),
+                 output: str = "bernoulli", batch_norm: str = "off", share: bool = False, iw_samples: int = 100):
+        super().__init__()
+        if len(hidden) != len(latent):
+            raise ValueError(f"model.hidden needs one width per stochastic layer ({len(latent)}), got {len(hidden)}")
+        self.latent, self.output, self.iw_samples, self.batch_norm = tuple(latent), output, iw_samples, batch_norm
+        bn = batch_norm != "off"
+        ins = [x_dim, *latent[:-1]]
+        self.up = nn.ModuleList(Gaussian(i, h, z, bn) for i, h, z in zip(ins, hidden, latent, strict=True))
+        self.down = nn.ModuleList(Gaussian(latent[i + 1], hidden[i], latent[i], bn) for i in range(len(latent) - 1))
+        # the generative p(z_i|z_{i+1}): in the VAE the top-down networks are only generative; the
+        # LVAE shares its top-down inference networks with them or has its own
+        self.own_prior = nn.ModuleList(Gaussian(latent[i + 1], hidden[i], latent[i], bn)
+                                       for i in range(len(latent) - 1)) if self.ladder and not share else None
+        self.decoder = Dense(latent[0], hidden[0], 2, bn)
+        self.x_mu = nn.Linear(hidden[0], x_dim)
+        self.x_var = nn.Linear(hidden[0], x_dim) if output == "gaussian" else None
+
+    @property
+    def prior(self) -> nn.ModuleList:
+        return self.own_prior if self.own_prior is not None else self.down
+
+    @torch.no_grad()
+    def prepare_evaluation(self, train_x: torch.Tensor, seed: int = 0) -> None:
+        """`batch_norm=full_train`: batch-norm statistics recomputed on the whole training set in one
+        batch before evaluation, as the original code did (papers.md 2.3). The draw is seeded, so
+        every worker computes the same statistics."""
+        if self.batch_norm != "full_train":
+            return
+        bns = [m for m in self.modules() if isinstance(m, nn.BatchNorm1d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None                        # cumulative: one batch gives its exact statistics
+        was_training = self.training
+        self.train()
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        self.loss(train_x)
+        torch.set_rng_state(state)
+        self.train(was_training)
+        for bn in bns:
+            bn.momentum = 0.1
+
+    # ---- one pass: posterior samples, per-layer log-densities and KLs ---------------------------
+    def infer(self, x: torch.Tensor, use_means: bool = False) -> dict[str, list]:
+        """Samples z_1..z_L from q (or its means), with log q, log p and the analytic KL of each layer
+        given the sampled parent; `q_means` are E_q[z_i | parent] for active units."""
+        L = len(self.latent)
+        draw = (lambda mu, logvar: mu) if use_means else \
+            (lambda mu, logvar: mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+        z, q = [None] * L, [None] * L
+        if self.ladder:
+            ups, h = [], x
+            for net in self.up:                       # deterministic bottom-up pass (only_mu_up)
+                mu_hat, logvar_hat, _ = net(h)
+                ups.append((mu_hat, logvar_hat))
+                h = mu_hat
+            q[L - 1] = ups[L - 1]
+            z[L - 1] = draw(*q[L - 1])
+            for i in range(L - 2, -1, -1):            # top-down from the POSTERIOR sample z_{i+1}
+                mu_p, logvar_p, _ = self.down[i](z[i + 1])
+                q[i] = merge(*ups[i], mu_p, logvar_p)
+                z[i] = draw(*q[i])
+        else:
+            h = x
+            for i, net in enumerate(self.up):
+                q[i] = net(h)[:2]
+                z[i] = h = draw(*q[i])
+        out = {"z": z, "log_q": [], "log_p": [], "kl": [], "q_means": [m for m, _ in q]}
+        for i in range(L):
+            mu_p, logvar_p = (torch.zeros_like(z[i]), torch.zeros_like(z[i])) if i == L - 1 else \
+                self.prior[i](z[i + 1])[:2]
+            out["log_q"].append(log_normal(z[i], *q[i]))
+            out["log_p"].append(log_standard_normal(z[i]) if i == L - 1 else log_normal(z[i], mu_p, logvar_p))
+            out["kl"].append(kl_normal(*q[i], mu_p, logvar_p))
+        return out
+
+    def log_px(self, x: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+        d = self.decoder(z1)
+        if self.x_var is None:
+            return log_bernoulli(x, self.x_mu(d))
+        return log_normal(x, self.x_mu(d), torch.log(F.softplus(self.x_var(d)) + VAR_EPS))
+
+    # ---- objectives -----------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, kl_weight: float = 1.0):
+        x = x.flatten(1)
+        p = self.infer(x)
+        recon = self.log_px(x, p["z"][0])
+        kl = torch.stack([k.sum(-1) for k in p["kl"]], -1)                     # (B, L)
+        loss = -(recon - kl_weight * kl.sum(-1)).mean()
+        n = len(x)
+        return loss, {"elbo_sum": (recon - kl.sum(-1)).detach().double().sum(),
+                      "recon_sum": recon.detach().double().sum(), "kl_sum": kl.detach().double().sum(),
+                      "kl_weight_sum": torch.tensor(kl_weight * n, dtype=torch.float64)}
+
+    forward = loss   # the training loop calls model(**batch): DDP synchronises gradients through forward
+
+    @torch.no_grad()
+    def iw_log_likelihood(self, x: torch.Tensor, k: int, max_rows: int = 50_000) -> torch.Tensor:
+        """log (1/k) sum_k p(x, z^k) / q(z^k|x) per example, the k samples batched in chunks of at
+        most `max_rows` rows (examples x samples) to bound memory."""
+        x = x.flatten(1)
+        chunk = max(1, max_rows // max(1, len(x)))
+        parts = []
+        for start in range(0, k, chunk):
+            s = min(chunk, k - start)
+            xs = x.repeat(s, 1)                                                  # (s * B, D)
+            p = self.infer(xs)
+            log_w = self.log_px(xs, p["z"][0]) + sum(p["log_p"]) - sum(p["log_q"])
+            parts.append(log_w.view(s, len(x)))
+        return torch.logsumexp(torch.cat(parts), 0) - math.log(k)
+
+    @torch.no_grad()
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Full-set sums: the ELBO (1 sample), the IW bound with `iw_samples`, the KL of each layer,
+        and first/second moments of each layer's posterior mean (for active units)."""
+        x = x.flatten(1)
+        _, sums = self.loss(x)
+        out = {"elbo_sum": sums["elbo_sum"], "recon_sum": sums["recon_sum"]}
+        out["iw_ll_sum"] = self.iw_log_likelihood(x, self.iw_samples).double().sum()
+        p, means = self.infer(x), self.infer(x, use_means=True)["q_means"]
+        for i, (kl, m) in enumerate(zip(p["kl"], means, strict=True)):
+            out[f"kl_layer{i + 1}_sum"] = kl.sum(-1).double().sum()
+            out[f"kl_units{i + 1}_sum"] = kl.double().sum(0)                      # vector: the figure
+            out[f"mean{i + 1}_sum"] = m.double().sum(0)                            # vectors: active units
+            out[f"mean_sq{i + 1}_sum"] = m.double().pow(2).sum(0)
+        return out
+
+    def summarize(self, metrics: dict) -> dict:
+        """Replace the moment vectors by active units per layer: Cov_x(E_q[z]) > 0.01 (paper sec. 4)."""
+        out = {k: v for k, v in metrics.items() if not k.startswith(("mean", "kl_units"))}
+        for i in range(1, len(self.latent) + 1):
+            mean, sq = torch.tensor(metrics[f"mean{i}"]), torch.tensor(metrics[f"mean_sq{i}"])
+            out[f"active_units{i}"] = int(((sq - mean.pow(2)) > 0.01).sum())
+        out["active_units"] = sum(out[f"active_units{i}"] for i in range(1, len(self.latent) + 1))
+        return out
+
+
+class LadderVAE(HierarchicalVAE):
+    ladder = True

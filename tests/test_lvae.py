@@ -1,0 +1,123 @@
+"""The math of the hierarchical VAE and the Ladder VAE (papers.md 2.2)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dgm_dist.config import load_config
+from dgm_dist.data.catalog import Dataset
+from dgm_dist.models.distributions import log_normal, sample_normal
+from dgm_dist.models.lvae import HierarchicalVAE, LadderVAE, kl_normal, merge
+from dgm_dist.training import data as D
+from dgm_dist.training import schedules
+
+
+def test_precision_weighted_merge_is_the_product_of_gaussians():
+    mu_hat, var_hat, mu_p, var_p = torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([-2.0]), torch.tensor([2.0])
+    mu, logvar = merge(mu_hat, var_hat.log(), mu_p, var_p.log())
+    var = 1 / (1 / 0.5 + 1 / 2.0)
+    assert logvar.exp().item() == pytest.approx(var) and mu.item() == pytest.approx((1.0 / 0.5 - 2.0 / 2.0) * var)
+    # the product of the two densities is proportional to N(mu, var): the log-ratio is constant in z
+    z = torch.linspace(-3, 3, 7)[:, None]
+    ratio = log_normal(z, mu_hat, var_hat.log()) + log_normal(z, mu_p, var_p.log()) - log_normal(z, mu, logvar)
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), atol=1e-5)
+
+
+def test_analytic_kl_between_gaussians_agrees_with_monte_carlo():
+    torch.manual_seed(0)
+    mu_q, lv_q, mu_p, lv_p = torch.randn(4), torch.randn(4) * 0.3, torch.randn(4), torch.randn(4) * 0.3
+    z = sample_normal(mu_q.expand(400_000, 4), lv_q.expand(400_000, 4))
+    mc = (log_normal(z, mu_q, lv_q) - log_normal(z, mu_p, lv_p)).mean()
+    assert mc.item() == pytest.approx(kl_normal(mu_q, lv_q, mu_p, lv_p).sum().item(), abs=0.02)
+
+
+def _model(cls, **kw):
+    torch.manual_seed(0)
+    return cls(6, latent=(4, 3, 2), hidden=(16, 12, 8), **kw).eval()
+
+
+@pytest.mark.parametrize("cls", [HierarchicalVAE, LadderVAE])
+@torch.no_grad()
+def test_one_importance_sample_is_the_elbo_in_expectation(cls):
+    model = _model(cls)
+    x = torch.rand(3, 6).bernoulli()
+    torch.manual_seed(1)
+    iw1 = torch.stack([model.iw_log_likelihood(x, 1) for _ in range(3000)]).mean(0)
+    elbo = torch.stack([model.loss(x)[1]["elbo_sum"] / 3 for _ in range(3000)]).mean()
+    assert iw1.mean().item() == pytest.approx(elbo.item(), abs=0.05)
+
+
+@torch.no_grad()
+def test_iw_bound_rises_with_k_and_stays_below_the_exact_log_likelihood():
+    """A one-layer VAE with a 1-d latent: log p(x) by quadrature over z is exact enough to compare."""
+    torch.manual_seed(0)
+    model = HierarchicalVAE(3, latent=(1,), hidden=(8,)).eval()
+    x = torch.tensor([[1.0, 0.0, 1.0]])
+    z = torch.linspace(-10, 10, 40_001)[:, None]
+    log_joint = model.log_px(x.expand(len(z), 3), z) - 0.5 * (math.log(2 * math.pi) + z[:, 0] ** 2)
+    exact = (torch.logsumexp(log_joint, 0) + math.log(20 / 40_000)).item()
+    torch.manual_seed(1)
+    bounds = [torch.stack([model.iw_log_likelihood(x, k) for _ in range(200)]).mean().item() for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2] <= exact + 1e-3
+    assert exact - bounds[2] < 0.05
+
+
+def test_warmup_is_counted_in_steps_whatever_the_worker_count():
+    ds = Dataset("toy", tuple("0123456789"), {"train_x": np.zeros((1100, 2, 2), np.uint8),
+                                              "train_y": np.arange(1100) % 10,
+                                              "test_x": np.zeros((10, 2, 2), np.uint8), "test_y": np.arange(10)})
+    d = D.prepare(ds, load_config(overrides=["data.validation=100"]).data, "unsupervised")
+    per_epoch = {w: D.steps_per_epoch(d, 100, w) for w in (1, 2, 4)}
+    assert per_epoch == {1: 10, 2: 10, 4: 10}                  # the batch is global
+    total = schedules.warmup_steps(200, per_epoch[1])
+    assert [schedules.kl_weight(s, total) for s in (0, 1000, 2000, 5000)] == [0.0, 0.5, 1.0, 1.0]
+
+
+@torch.no_grad()
+def test_full_training_set_batch_norm_statistics_equal_a_manual_computation():
+    model = _model(LadderVAE, batch_norm="full_train")
+    x = torch.rand(500, 6).bernoulli()
+    model.prepare_evaluation(x)
+    first_linear, first_bn = model.up[0].body.net[0], model.up[0].body.net[1]
+    h = first_linear(x)                                   # the first batch norm's input: no sampling before it
+    torch.testing.assert_close(first_bn.running_mean, h.mean(0))
+    torch.testing.assert_close(first_bn.running_var, h.var(0), rtol=1e-4, atol=1e-6)   # unbiased, as PyTorch stores
+    assert first_bn.momentum == 0.1                       # training statistics resume afterwards
+
+
+@torch.no_grad()
+def test_ladder_passes_posterior_samples_down():
+    """The top-down network of layer i must see the POSTERIOR sample z_{i+1} (a public port passed
+    prior samples: papers.md 4)."""
+    model = _model(LadderVAE)
+    seen = []
+    model.down[1].register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    x = torch.rand(5, 6).bernoulli()
+    torch.manual_seed(3)
+    out = model.infer(x)
+    assert torch.equal(seen[0], out["z"][2])             # what went down is what q sampled at the top
+    model.infer(x, use_means=True)                       # with means: the bottom-up mean of the top layer
+    h = x
+    for net in model.up:
+        h = net(h)[0]
+    torch.testing.assert_close(seen[1], h)               # a prior draw would not depend on x at all
+
+
+def test_shared_or_separate_generative_top_down_networks():
+    shared, separate = _model(LadderVAE, share=True), _model(LadderVAE, share=False)
+    assert shared.prior is shared.down and separate.prior is not separate.down
+    assert sum(p.numel() for p in separate.parameters()) > sum(p.numel() for p in shared.parameters())
+    vae = _model(HierarchicalVAE)
+    assert vae.prior is vae.down                          # the VAE's top-down networks are only generative
+
+
+@torch.no_grad()
+def test_active_units_count_posterior_means_that_vary_over_the_data():
+    model = _model(HierarchicalVAE)
+    sums = model.eval_sums(torch.rand(50, 6).bernoulli())
+    metrics = model.summarize({k.removesuffix("_sum"): (v / 50).tolist() for k, v in sums.items()})
+    assert 0 <= metrics["active_units1"] <= 4 and metrics["active_units"] == sum(
+        metrics[f"active_units{i}"] for i in (1, 2, 3))
+    assert metrics["iw_ll"] >= metrics["elbo"] - 1.0                      # k = 100 vs one sample
