@@ -22,9 +22,33 @@ def _label(classes: tuple[str, ...], y: torch.Tensor) -> str:
     return " ".join(names[int(c)] for c in y.reshape(-1))
 
 
+def kl_per_unit(metrics: dict, path: Path) -> Path:
+    """The LVAE paper's figure: the KL of every latent unit, a panel per layer (test set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted(int(k.removeprefix("test_kl_units")) for k in metrics if k.startswith("test_kl_units"))
+    fig, axes = plt.subplots(1, len(layers), figsize=(3 * len(layers), 2.6), squeeze=False)
+    for ax, i in zip(axes[0], layers, strict=True):
+        kl = metrics[f"test_kl_units{i}"]
+        ax.bar(range(len(kl)), sorted(kl, reverse=True), width=1.0)
+        ax.set_title(f"z{i}: {metrics.get(f'test_active_units{i}', '?')} active of {len(kl)}", fontsize=9)
+        ax.set_xlabel("unit (sorted)", fontsize=8)
+    axes[0][0].set_ylabel("KL (nats)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 @torch.no_grad()
-def write_figures(model, data: TrainingData, out: Path, device) -> list[Path]:
+def write_figures(model, data: TrainingData, out: Path, device, metrics: dict | None = None) -> list[Path]:
     written = []
+    if metrics and any(k.startswith("test_kl_units") for k in metrics):
+        written.append(kl_per_unit(metrics, out / "kl_per_unit.png"))
     x, y = data.eval_sets["test"]
     x, y = x[:COUNT], y[:COUNT]
     if hasattr(model, "classify"):

@@ -123,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "warmup_steps": warmup_total})
                 state.save(saved, checkpoint_out)
                 if last:
-                    write_figures(state.unwrap(model), data, checkpoint_out / "figures", device)
+                    write_figures(state.unwrap(model), data, checkpoint_out / "figures", device, metrics)
         _report(metrics, checkpoint_out, config)
         if out_of_time:
             return

@@ -16,7 +16,8 @@ from typing import Any
 from ray.train import UserCallback
 
 SHOWN = ("train_loss", "valid_nll", "valid_error", "test_error", "valid_per_digit_error",
-         "test_per_digit_error", "valid_sequence_error")
+         "test_per_digit_error", "valid_sequence_error", "train_elbo", "valid_elbo", "test_iw_ll",
+         "test_active_units")
 
 
 class ForwardReports(UserCallback):
@@ -74,7 +75,9 @@ class RunMonitor:
         parts = [f"epoch {done:>{width}}/{self.total_epochs}", f"step {int(m['step']):>7,}"]
         for k in SHOWN:
             if k in m:
-                parts.append(f"{k} {100 * m[k]:.2f}%" if k.endswith("error") else f"{k} {m[k]:.4f}")
+                value = m[k]
+                parts.append(f"{k} {100 * value:.2f}%" if k.endswith("error") else
+                             f"{k} {value}" if isinstance(value, int) else f"{k} {value:.4f}")
         parts += [f"{m.get('throughput', 0):,.0f} ex/s", f"eta {timedelta(seconds=round(eta))}"]
         return "  ".join(parts)
 
