@@ -238,3 +238,35 @@ def test_report_every_groups_short_epochs(capsys, root, data_dir):
     assert code == 0, err
     assert [h.step for h in _client(root).get_metric_history(s["mlflow"]["run_id"], "train_loss")] == [2, 4, 5]
     assert "test_error" in s["metrics"] and s["metrics"]["step"] == 50
+
+
+def test_ladder_vae_run_then_offline_evaluation(capsys, root, data_dir):
+    code = main(["train", "lvae", "--dataset", "mnist", "--data-dir", str(data_dir), "--workers", "0", "--epochs", "2",
+                 "--run-name", "ladder", "--json", "--set", f"tracking.root={root}", "--set", "data.validation=100",
+                 "--set", "model.latent=4,2", "--set", "model.hidden=16,8", "--set", "model.batch_norm=full_train",
+                 "--set", "model.iw_samples=5", "--set", "data.eval_binarize=true", "--set", "optim.warmup_epochs=1",
+                 "--set", "optim.batch_size=50"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    s = json.loads(out)
+    m = s["metrics"]
+    beta = [h.value for h in _client(root).get_metric_history(s["mlflow_run_id"], "train_kl_weight")]
+    assert beta == pytest.approx([0.45, 1.0])               # warm-up over epoch 1's 10 steps: mean of 0/10..9/10
+    assert {"test_elbo", "test_iw_ll", "test_active_units1", "test_active_units2", "test_kl_layer1"} <= set(m)
+    assert len(m["test_kl_units1"]) == 4
+    figures = {f.path for f in _client(root).list_artifacts(s["mlflow_run_id"], "figures")}
+    assert {"figures/kl_per_unit.png", "figures/prior_samples.png", "figures/reconstructions.png"} <= figures
+
+    code = main(["evaluate", "ladder", "--iw-samples", "50", "--json", "--set", f"tracking.root={root}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["metrics"]["iw_samples"] == 50 and r["examples"] == 130 and "evaluated 130/130 test examples" in err
+    assert r["metrics"]["test_iw_ll"] > m["test_elbo"]                       # k = 50 vs one sample
+    logged = _client(root).get_run(s["mlflow_run_id"]).data.metrics
+    assert logged["test_iw_ll_k50"] == pytest.approx(r["metrics"]["test_iw_ll"])
+
+
+def test_evaluate_refuses_what_does_not_apply(capsys, root):
+    assert main(["evaluate", "no-such-run", "--set", f"tracking.root={root}"]) == 2
+    assert "no checkpoint found for 'no-such-run'" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""`dgm-dist evaluate`: a finished run's model on a whole split, with settings of its own (e.g. the
+LVAE paper's 5000 importance samples), in one process, with progress."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgm_dist.config import Config, apply
+from dgm_dist.data import load_from_config
+from dgm_dist.errors import ConfigError, DataError
+from dgm_dist.models.registry import DataInfo, build_model, model_spec
+from dgm_dist.training import data as training_data
+from dgm_dist.training import state
+
+
+def find_checkpoint(target: str, storage_path: str, tracking_uri: str | None = None) -> Path:
+    """A checkpoint directory, a run name under the storage path (its latest checkpoint), or an MLflow
+    run id (its `dgm.checkpoint` tag)."""
+    path = Path(target).expanduser()
+    if (path / state.STATE_FILE).exists():
+        return path
+    run_dir = Path(storage_path) / target
+    found = sorted((p for p in run_dir.glob("checkpoint*") if (p / state.STATE_FILE).exists()),
+                   key=lambda p: (p.stat().st_mtime, p.name)) if run_dir.is_dir() else []
+    if found:
+        return found[-1]
+    if tracking_uri and len(target) == 32 and all(c in "0123456789abcdef" for c in target):
+        from mlflow import MlflowClient
+
+        try:
+            tag = MlflowClient(tracking_uri).get_run(target).data.tags.get("dgm.checkpoint")
+        except Exception:  # an unknown id: fall through to the error below
+            tag = None
+        if tag and (Path(tag) / state.STATE_FILE).exists():
+            return Path(tag)
+    raise DataError(f"no checkpoint found for '{target}': give a checkpoint directory, a run name under "
+                    f"{storage_path}, or an MLflow run id of a finished run")
+
+
+def load_trained(checkpoint: Path) -> tuple[Config, torch.nn.Module, dict[str, Any]]:
+    """The config, the model with its trained weights, and the saved state."""
+    saved = state.load(checkpoint)
+    extra = saved.get("extra", {})
+    if "config" not in extra:
+        raise DataError(f"{checkpoint}: the checkpoint has no config (not written by dgm-dist train)")
+    cfg = apply(Config(), extra["config"], origin=f"{checkpoint}")
+    model = build_model(cfg.model, DataInfo(**extra["data_info"]))
+    model.load_state_dict(saved["model"])
+    return cfg, model, saved
+
+
+@torch.no_grad()
+def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None = None, batch_size: int = 100,
+                 out: Callable[[str], Any] | None = print) -> dict[str, Any]:
+    cfg, model, saved = load_trained(checkpoint)
+    spec = model_spec(cfg.model.name)
+    data = training_data.prepare(load_from_config(cfg.data, download=False), cfg.data, spec.streams)
+    if split not in data.eval_sets:
+        raise ConfigError(f"split '{split}' is not available; choose one of {', '.join(data.eval_sets)}")
+    if iw_samples is not None:
+        if not hasattr(model, "iw_samples"):
+            raise ConfigError(f"--iw-samples applies to the VAE models, not to {cfg.model.name}")
+        model.iw_samples = iw_samples
+    if hasattr(model, "prepare_evaluation"):
+        x = training_data.to_float(data.train_x)
+        if data.dynamic_binarize:
+            x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+        model.prepare_evaluation(x)
+    model.eval()
+    torch.manual_seed(cfg.seed)
+    x, y = data.eval_sets[split]
+    totals: dict[str, torch.Tensor] = {}
+    started, last_print = time.time(), 0.0
+    for i in range(0, len(x), batch_size):
+        sums = model.eval_sums(training_data.to_float(x[i:i + batch_size]), y[i:i + batch_size])
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0) + v.double()
+        done = min(len(x), i + batch_size)
+        if out and (time.time() - last_print > 10 or done == len(x)):
+            last_print = time.time()
+            elapsed = last_print - started
+            out(f"evaluated {done:,}/{len(x):,} {split} examples in {elapsed:.0f} s, "
+                f"eta {math.ceil(elapsed / done * (len(x) - done))} s")
+    metrics = {k.removesuffix("_sum"): (v / len(x)).tolist() for k, v in totals.items()}
+    if hasattr(model, "summarize"):
+        metrics = model.summarize(metrics)
+    result = {f"{split}_{k}": v for k, v in metrics.items() if not isinstance(v, list)}
+    if iw_samples is not None:
+        result["iw_samples"] = iw_samples
+    return {"checkpoint": str(checkpoint), "model": cfg.model.name, "dataset": cfg.data.dataset,
+            "epoch": saved["epoch"] + 1, "examples": len(x), "metrics": result,
+            "seconds": round(time.time() - started, 1)}
