@@ -196,6 +196,7 @@ def cmd_train(args) -> dict:
                "test_error": m.get("test_error", m.get("test_per_digit_error")), "epochs": m.get("epoch"),
                "steps": m.get("step"), "examples_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
                "stopped_at_budget": bool(m.get("stopped_at_budget")), "mlflow_run_id": result.mlflow_run_id,
+               **({"iw_samples": cfg.model.iw_samples} if cfg.model.name in ("vae", "lvae") else {}),
                "metrics": {k: v for k, v in result.metrics.items() if k != "first_step_at"},
                "checkpoint": result.checkpoint, "mlflow": {"tracking_uri": result.tracking_uri,
                                                           "run_id": result.mlflow_run_id},

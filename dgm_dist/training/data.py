@@ -89,6 +89,13 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+def training_inputs(data: TrainingData) -> torch.Tensor:
+    """The whole training set as the model sees it in training (one seeded Bernoulli sample when
+    binarization is dynamic): for statistics such as batch norm's over the full training set."""
+    x = to_float(data.train_x)
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(0)) if data.dynamic_binarize else x
+
+
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Every random draw of an epoch on a rank derives from (seed, epoch, rank), so a run resumed at
     an epoch boundary draws exactly what the uninterrupted run drew, on every rank."""

@@ -160,10 +160,7 @@ def evaluate(model, data: training_data.TrainingData, batch_size: int, device) -
     """Full validation and test sets, sharded over the workers without padding, all-reduced."""
     net = state.unwrap(model)
     if hasattr(net, "prepare_evaluation"):         # e.g. batch-norm statistics of the full training set
-        x = training_data.to_float(data.train_x)
-        if data.dynamic_binarize:                   # one seeded sample, the same on every worker
-            x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-        net.prepare_evaluation(x.to(device))
+        net.prepare_evaluation(training_data.training_inputs(data).to(device))
     net.eval()
     out = {}
     for split, (x, y) in data.eval_sets.items():

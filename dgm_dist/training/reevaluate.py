@@ -68,10 +68,7 @@ def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None =
             raise ConfigError(f"--iw-samples applies to the VAE models, not to {cfg.model.name}")
         model.iw_samples = iw_samples
     if hasattr(model, "prepare_evaluation"):
-        x = training_data.to_float(data.train_x)
-        if data.dynamic_binarize:
-            x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-        model.prepare_evaluation(x)
+        model.prepare_evaluation(training_data.training_inputs(data))
     model.eval()
     torch.manual_seed(cfg.seed)
     x, y = data.eval_sets[split]
