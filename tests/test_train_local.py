@@ -136,7 +136,7 @@ def test_unreachable_tracking_server_is_reported_before_training(capsys, root, d
     (["--workers", str(2 * CPUS), "--set", f"optim.batch_size={10 * CPUS}"], f"needs {2 * CPUS} CPUs"),
     (["--workers", "2", "--set", "optim.batch_size=75"], "must be divisible by the number of workers"),
     (["--set", "model.name=cnn"], "classifies digit sequences"),
-    (["--set", "model.name=vae"], "not implemented yet"),
+    (["--set", "model.name=rnn_spn"], "not implemented yet"),
 ])
 def test_invalid_config_fails_before_ray_starts(capsys, root, data_dir, extra, message):
     code, _, err = _train(capsys, root, data_dir, "--epochs", "1", *extra)
