@@ -4,6 +4,7 @@ a worker SIGKILLed mid-epoch and resumed, and bitwise resume with one worker."""
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -104,7 +105,10 @@ def test_killed_worker_resumes_to_the_same_result_and_one_metric_series(tmp_path
 
 
 def test_one_worker_resume_is_bitwise(tmp_path, data_dir):
+    staged = Path(tempfile.gettempdir()).glob("dgm-checkpoint-*")
+    before = set(staged)
     whole = train(_cfg(tmp_path, data_dir, 1, 3), run_name="whole", out=None)
+    assert set(Path(tempfile.gettempdir()).glob("dgm-checkpoint-*")) == before   # staging dirs removed
     train(_cfg(tmp_path, data_dir, 1, 1), run_name="parts", out=None)
     resumed = train(_cfg(tmp_path, data_dir, 1, 3), run_name="parts", out=None)
     assert [h["epoch"] for h in resumed.history] == [2, 3]                  # epoch 1 came from the checkpoint

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -215,6 +216,8 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, config: dict[s
         return
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
                      if checkpoint_dir else None)
+    if checkpoint_dir is not None:     # uploaded to the run's storage by now (synchronous report)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def _checkpoint_dir(local_dir: Path | None, epoch: int) -> Path:
@@ -222,9 +225,7 @@ def _checkpoint_dir(local_dir: Path | None, epoch: int) -> Path:
         return Path(tempfile.mkdtemp(prefix="dgm-checkpoint-"))
     path = local_dir / f"checkpoint_epoch={epoch + 1:06d}"
     for old in sorted(local_dir.glob("checkpoint_epoch=*"))[:-1]:   # keep this one and the previous
-        for f in sorted(old.rglob("*"), reverse=True):
-            f.rmdir() if f.is_dir() else f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     return path
 
 
