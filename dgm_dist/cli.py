@@ -195,7 +195,8 @@ def cmd_train(args) -> dict:
                "labels": cfg.data.labels, "workers": cfg.scaling.workers,
                "test_error": m.get("test_error", m.get("test_per_digit_error")), "epochs": m.get("epoch"),
                "steps": m.get("step"), "examples_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
-               "stopped_at_budget": bool(m.get("stopped_at_budget")), "mlflow_run_id": result.mlflow_run_id,
+               "stopped_at_budget": bool(m.get("stopped_at_budget")), "stopped_early": bool(m.get("stopped_early")),
+               "best_epoch": m.get("best_epoch"), "mlflow_run_id": result.mlflow_run_id,
                **({"iw_samples": cfg.model.iw_samples} if cfg.model.name in ("vae", "lvae") else {}),
                "metrics": {k: v for k, v in result.metrics.items() if k != "first_step_at"},
                "checkpoint": result.checkpoint, "mlflow": {"tracking_uri": result.tracking_uri,
@@ -206,6 +207,12 @@ def cmd_train(args) -> dict:
         shown = {k: v for k, v in m.items() if k.startswith(("valid_", "test_"))}
         print(f"done in {result.seconds:.0f} s: " +
               "  ".join(f"{k} {100 * v:.2f}%" if k.endswith("error") else f"{k} {v:.4f}" for k, v in shown.items()))
+        if m.get("stopped_early"):
+            print(f"stopped early: no better validation figure for optim.patience={cfg.optim.patience} epochs")
+        if "best_epoch" in m:
+            best = {k: v for k, v in m.items() if k.startswith("best_") and k != "best_epoch"}
+            print(f"best validation at epoch {int(m['best_epoch'])}: " +
+                  "  ".join(f"{k} {100 * v:.2f}%" if k.endswith("error") else f"{k} {v:.4f}" for k, v in best.items()))
         print(f"checkpoint: {result.checkpoint}")
         print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")
         if result.tracking_uri.startswith("sqlite:"):

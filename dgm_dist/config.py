@@ -64,7 +64,9 @@ class ModelConfig:
     weight_prior: bool = False                 # N(0, 1) prior on the weights (the original code)
     share: bool = False                        # LVAE: p(z_i|z_i+1) shares the top-down inference networks
     iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood
-    downsample: float = bounded(1.0, 1.0)      # SPN output = input / downsample
+    downsample: float = bounded(1.0, 1.0)      # SPN glimpse (CNN: resized input) = input / downsample
+    loc_channels: tuple[int, ...] = (20, 20, 20)   # SPN localisation convs (papers.md 3.3)
+    loc_hidden: int = bounded(200, 1)          # CNN-SPN: localisation dense units; RNN-SPN: GRU units (256)
 
 
 @dataclass
@@ -84,6 +86,8 @@ class OptimConfig:
     lr_decay_start: int = bounded(0, 0)        # epochs before decay begins (RNN-SPN code: 30)
     lr_min: float = bounded(0.0, 0.0)
     weight_decay: float = bounded(0.0, 0.0)
+    patience: int = bounded(0, 0)              # early stop after this many epochs without a better
+                                               # validation figure (0: never; RNN-SPN code: 50)
 
 
 @dataclass

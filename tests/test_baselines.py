@@ -37,7 +37,5 @@ def test_registry_builds_and_refuses_mismatches():
         build_model(load_config(overrides=["model.name=mlp"]).model, seq)
     with pytest.raises(ConfigError, match="digit sequences"):
         build_model(load_config(overrides=["model.name=cnn"]).model, single)
-    with pytest.raises(ConfigError, match="not implemented yet"):
-        build_model(load_config(overrides=["model.name=rnn_spn"]).model, seq)
     with pytest.raises(ConfigError, match="too small"):
         build_model(load_config(overrides=["model.name=cnn", "model.downsample=20"]).model, seq)

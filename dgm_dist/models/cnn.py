@@ -1,9 +1,9 @@
-"""The plain CNN classifier of cluttered digit sequences: the RNN-SPN paper's CNN baseline.
+"""Classifiers of cluttered digit sequences: the shared pieces, and the plain CNN baseline.
 
-The original code does not include it (papers.md 3.4). Here it is the FFN-SPN's classifier (three
-3x3 convolutions with max-pooling, a dense layer of 400, one softmax head per digit position) applied
-to the whole image resized by `downsample`, i.e. what the CNN-SPN sees when its transformer stays at
-the identity. So the comparison with the SPN models isolates the transformer.
+The CNN baseline is not in the original code (papers.md 3.4). Here it is the FFN-SPN's classifier
+(three 3x3 convolutions with max-pooling, a dense layer of 400, one softmax head per digit
+position) applied to the whole image resized by `downsample`, i.e. what the CNN-SPN sees when its
+transformer stays at the identity. So the comparison with the SPN models isolates the transformer.
 """
 
 from __future__ import annotations
@@ -35,32 +35,50 @@ def conv_output_size(size: int, layers: int) -> int:
     return size
 
 
-class SequenceCNN(nn.Module):
-    """(B, H, W) images of `digits` side-by-side digits -> per-position class log-probabilities."""
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every conv and dense layer (Lasagne's defaults,
+    which the original code used; torch's default init is smaller)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
-    def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (96, 96, 96),
-                 dense: int = 400, downsample: float = 2.0, dropout: float = 0.0):
+
+def glimpse_size(image_size: int, downsample: float) -> int:
+    """The original's int(100 / 3.0) = 33."""
+    return int(image_size / downsample)
+
+
+class GlimpseClassifier(nn.Module):
+    """(N, 1, g, g) glimpses -> (N, heads * num_classes) logits: conv stack, dense ReLU, output."""
+
+    def __init__(self, glimpse: int, channels: tuple[int, ...], dense: int, outputs: int, dropout: float):
         super().__init__()
-        self.digits, self.num_classes = digits, num_classes
-        self.glimpse = int(image_size / downsample)        # the original: int(100 / 3.0) = 33
-        side = conv_output_size(self.glimpse, len(channels))
+        side = conv_output_size(glimpse, len(channels))
         if side < 1:
-            raise ValueError(f"a {self.glimpse}x{self.glimpse} input is too small for {len(channels)} conv layers")
+            raise ValueError(f"a {glimpse}x{glimpse} glimpse is too small for {len(channels)} conv layers; "
+                             f"lower model.downsample or use fewer model.channels")
         self.features = conv_stack(1, channels, dropout)
         self.dense = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * side * side, dense), nn.ReLU())
-        self.heads = nn.Linear(dense, digits * num_classes)  # = one Dense-10 softmax per position
+        self.out = nn.Linear(dense, outputs)
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, digits, num_classes) log-probabilities."""
-        x = x.reshape(x.shape[0], 1, x.shape[-2], x.shape[-1])
-        if self.glimpse != x.shape[-1]:
-            x = F.interpolate(x, size=(self.glimpse, self.glimpse), mode="bilinear", align_corners=False)
-        logits = self.heads(self.dense(self.features(x)))
-        return F.log_softmax(logits.view(-1, self.digits, self.num_classes), dim=-1)
+    def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dense(self.features(glimpses)))
+
+
+class SequenceClassifier(nn.Module):
+    """The loss and metrics of every sequence model; subclasses define `classify`."""
+
+    digits: int
+    num_classes: int
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:   # (B, H, W) -> (B, digits, num_classes)
+        raise NotImplementedError
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Cross-entropy averaged over positions and batch (the original's loss), and sums over the
-        batch of: per-sequence mean NLL, fraction of wrong digits, whether any digit is wrong."""
+        """Cross-entropy averaged over positions and batch (the original's loss; it added 1e-5 inside
+        the log of the softmax, here log_softmax is used), and sums over the batch of: per-sequence
+        mean NLL, fraction of wrong digits, whether any digit is wrong."""
         logp = self.classify(x)
         nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)          # (B,)
         wrong = logp.argmax(-1) != y                                           # (B, digits)
@@ -68,7 +86,33 @@ class SequenceCNN(nn.Module):
                             "per_digit_error_sum": wrong.double().mean(-1).sum(),
                             "sequence_error_sum": wrong.any(-1).sum()}
 
-    forward = loss   # the training loop calls model(**batch): DDP synchronises gradients through forward
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return self.loss(x, y)   # the training loop calls model(**batch): DDP syncs gradients through forward
 
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.loss(x, y)[1]
+
+
+def as_channels(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) grey-scale images -> (B, 1, H, W)."""
+    return x.reshape(x.shape[0], 1, x.shape[-2], x.shape[-1])
+
+
+class SequenceCNN(SequenceClassifier):
+    """(B, H, W) images of `digits` side-by-side digits -> per-position class log-probabilities."""
+
+    def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (96, 96, 96),
+                 dense: int = 400, downsample: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        self.digits, self.num_classes = digits, num_classes
+        self.glimpse = glimpse_size(image_size, downsample)
+        self.classifier = GlimpseClassifier(self.glimpse, channels, dense, digits * num_classes, dropout)
+        glorot_init(self)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, digits, num_classes) log-probabilities."""
+        x = as_channels(x)
+        if self.glimpse != x.shape[-1]:
+            x = F.interpolate(x, size=(self.glimpse, self.glimpse), mode="bilinear", align_corners=False)
+        logits = self.classifier(x)    # one Dense-10 softmax per position = one dense of digits * 10
+        return F.log_softmax(logits.view(-1, self.digits, self.num_classes), dim=-1)

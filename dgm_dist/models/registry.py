@@ -16,6 +16,7 @@ from dgm_dist.models.cnn import SequenceCNN
 from dgm_dist.models.dgm import ADGM, M2, SDGM
 from dgm_dist.models.lvae import HierarchicalVAE, LadderVAE
 from dgm_dist.models.mlp import MLPClassifier
+from dgm_dist.models.spn import CNNSPN, RNNSPN
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,14 @@ def _mlp(m, info: DataInfo) -> nn.Module:
                          dropout=m.dropout)
 
 
-def _cnn(m, info: DataInfo) -> nn.Module:
-    if len(info.image_shape) != 2 or info.image_shape[0] != info.image_shape[1]:
-        raise ConfigError(f"model.name=cnn needs square grey-scale images, got {info.image_shape}")
-    return SequenceCNN(info.image_shape[0], info.sequence_length, info.num_classes, m.channels,
-                       dense=m.hidden[0], downsample=m.downsample, dropout=m.dropout)
+def _sequence(cls):
+    def build(m, info: DataInfo) -> nn.Module:
+        if len(info.image_shape) != 2 or info.image_shape[0] != info.image_shape[1]:
+            raise ConfigError(f"model.name={m.name} needs square grey-scale images, got {info.image_shape}")
+        spn = {} if cls is SequenceCNN else {"loc_channels": m.loc_channels, "loc_hidden": m.loc_hidden}
+        return cls(info.image_shape[0], info.sequence_length, info.num_classes, m.channels,
+                   dense=m.hidden[0], downsample=m.downsample, dropout=m.dropout, **spn)
+    return build
 
 
 def _dgm(cls):
@@ -75,8 +79,12 @@ def _vae(cls):
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(_mlp, "supervised", "single", "error",
                      "supervised MLP classifier (the labelled-data-only baseline)"),
-    "cnn": ModelSpec(_cnn, "supervised", "sequence", "per_digit_error",
+    "cnn": ModelSpec(_sequence(SequenceCNN), "supervised", "sequence", "per_digit_error",
                      "CNN classifier of cluttered digit sequences (the RNN-SPN paper's baseline)"),
+    "cnn_spn": ModelSpec(_sequence(CNNSPN), "supervised", "sequence", "per_digit_error",
+                         "CNN with a spatial transformer in front (the RNN-SPN paper's FFN-SPN)"),
+    "rnn_spn": ModelSpec(_sequence(RNNSPN), "supervised", "sequence", "per_digit_error",
+                         "recurrent spatial transformer, one glimpse per digit (Sonderby et al. 2015)"),
     "m2": ModelSpec(_dgm(M2), "semi_supervised", "single", "error",
                     "M2 (Kingma et al. 2014), semi-supervised baseline", kl_weight=True),
     "adgm": ModelSpec(_dgm(ADGM), "semi_supervised", "single", "error",
@@ -104,7 +112,7 @@ def build_model(model_cfg, info: DataInfo) -> nn.Module:
     if wants_sequence != (info.sequence_length is not None):
         kind = "digit sequences (cluttered-*)" if wants_sequence else "one label per image"
         raise ConfigError(f"model.name={model_cfg.name} classifies {kind}; choose a matching data.dataset "
-                          f"or model.name (sequences: cnn; single labels: mlp)")
+                          f"or model.name (sequences: cnn, cnn_spn, rnn_spn; single labels: mlp and the others)")
     if not model_cfg.hidden:
         raise ConfigError("model.hidden must list at least one layer width")
     try:

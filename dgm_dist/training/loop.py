@@ -51,13 +51,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps_per_epoch = training_data.steps_per_epoch(data, cfg.optim.batch_size, world)
     warmup_total = schedules.warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch)
 
-    start_epoch, step = 0, 0
+    start_epoch, step, best = 0, 0, None
     checkpoint_dir = _local_latest(local_dir) if local_dir and checkpoint is None else None
     with ExitStack() as stack:
         if checkpoint is not None:
             checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory()))
         if checkpoint_dir is not None:
-            start_epoch, step = state.restore(state.load(checkpoint_dir), model, optimizer, generators={})
+            saved = state.load(checkpoint_dir)
+            start_epoch, step = state.restore(saved, model, optimizer, generators={})
+            best = saved["extra"].get("best")
 
     # ---- epochs ---------------------------------------------------------------------------------
     first_step_at, first_step_reported, out_of_time, report_due = None, False, False, True
@@ -115,25 +117,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if out_of_time:
             metrics["stopped_at_budget"] = 1
         checkpoint_out = None
+        stop_early = False
         if evaluate_now:
             metrics.update(evaluate(model, data, cfg.optim.batch_size, device))
+            best = track_best(best, metrics, spec)
+            if best:
+                metrics.update(best["metrics"])
+                stop_early = bool(cfg.optim.patience) and epoch + 1 - best["epoch"] >= cfg.optim.patience
+            if stop_early:
+                metrics["stopped_early"] = 1
             if rank == 0:                                      # only rank 0 writes; all ranks report
                 checkpoint_out = _checkpoint_dir(local_dir, epoch)
                 saved = state.capture(model, optimizer, epoch=epoch, global_step=step, generators={}, extra={
                     "config": to_dict(cfg), "data_info": to_dict(data.info), "metrics": metrics,
-                    "warmup_steps": warmup_total})
+                    "warmup_steps": warmup_total, "best": best})
                 state.save(saved, checkpoint_out)
-                if last:
+                if last or stop_early:
                     write_figures(state.unwrap(model), data, checkpoint_out / "figures", device, metrics)
         _report(metrics, checkpoint_out, config)
-        if out_of_time:
+        if out_of_time or stop_early:
             return
 
 
 # ---- pieces of the loop --------------------------------------------------------------------------
 
 def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
-    kind = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}[optim_cfg.optimizer]
+    if optim_cfg.optimizer == "rmsprop":   # Lasagne's rmsprop (the RNN-SPN code): rho 0.9, epsilon 1e-6
+        return torch.optim.RMSprop(params, lr=optim_cfg.lr, alpha=0.9, eps=1e-6, weight_decay=optim_cfg.weight_decay)
+    kind = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optim_cfg.optimizer]
     return kind(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
@@ -171,6 +182,23 @@ def evaluate(model, data: training_data.TrainingData, batch_size: int, device) -
             sums = net.summarize(sums)
         out.update({f"{split}_{k}": v for k, v in sums.items()})
     return out
+
+
+def track_best(best: dict | None, metrics: dict[str, float], spec) -> dict | None:
+    """The epoch with the best validation figure so far, and its validation and test figures
+    (`best_epoch`, `best_valid_<metric>`, `best_test_<metric>`), which early stopping and model
+    selection read. Runs without a validation set have none."""
+    key = f"valid_{spec.main_metric}"
+    if key not in metrics:
+        return best
+    value = metrics[key]
+    better = best is None or (value < best["value"] if spec.mode == "min" else value > best["value"])
+    if not better:
+        return best
+    test = metrics.get(f"test_{spec.main_metric}")
+    return {"value": value, "epoch": metrics["epoch"], "metrics": {
+        "best_epoch": metrics["epoch"], f"best_{key}": value,
+        **({f"best_test_{spec.main_metric}": test} if test is not None else {})}}
 
 
 def _input(x: torch.Tensor, key: str, dynamic_binarize: bool, generator: torch.Generator) -> torch.Tensor:

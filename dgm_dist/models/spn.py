@@ -1,0 +1,136 @@
+"""Spatial transformer networks for cluttered digit sequences (Sønderby et al. 2015; papers.md 3.3-3.4).
+
+- `SpatialTransformer`: an affine theta per glimpse, a sampling grid (`affine_grid`) and bilinear
+  sampling (`grid_sample`) of the original image; the glimpse is the input size / `downsample`.
+- `CNNSPN` (the original's FFN-SPN): a feed-forward localisation network gives one theta; one
+  glimpse feeds a classifier with one softmax head per digit position.
+- `RNNSPN`: the localisation features, repeated for every digit, drive a GRU; each step's state
+  gives a theta, each theta one glimpse of the original image, and one classifier shared over the
+  steps names the digit of each glimpse. Glimpses are not fed back into the GRU (as the paper).
+
+Sampling follows Lasagne's `TransformerLayer`, which the original code used: the grid spans
+[-1, 1] corner to corner (`align_corners=True`) and points outside the image take the nearest
+border pixel (`padding_mode="border"`). Theta starts at the identity with zero weights (papers.md
+3.6: replications that skipped this did not train). Everything is tensor code with fixed shapes,
+so the models export to ONNX (GridSample/AffineGrid, GRU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgm_dist.models.cnn import (GlimpseClassifier, SequenceClassifier, as_channels, conv_output_size, conv_stack,
+                                 glimpse_size, glorot_init)
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def identity_affine(features: int) -> nn.Linear:
+    """The layer that outputs theta: zero weights, identity bias, so every glimpse starts as the
+    whole image (resized)."""
+    layer = nn.Linear(features, 6)
+    nn.init.zeros_(layer.weight)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor(IDENTITY))
+    return layer
+
+
+class SpatialTransformer(nn.Module):
+    """Images (B, C, H, W) and thetas (B, T, 2, 3) -> glimpses (B, T, C, H/d, W/d)."""
+
+    def __init__(self, image_size: int, downsample: float):
+        super().__init__()
+        self.size = glimpse_size(image_size, downsample)
+        if self.size < 1:
+            raise ValueError(f"model.downsample={downsample} leaves no pixel of a {image_size}-pixel image")
+
+    def forward(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        b, t = theta.shape[:2]
+        c, g = images.shape[1], self.size
+        grid = F.affine_grid(theta.reshape(b * t, 2, 3), [b * t, c, g, g], align_corners=True)
+        # all T grids stacked into one (B, T*g, g) grid: one sampling pass, the image is never copied
+        out = F.grid_sample(images, grid.reshape(b, t * g, g, 2), mode="bilinear", padding_mode="border",
+                            align_corners=True)
+        return out.reshape(b, c, t, g, g).transpose(1, 2)
+
+
+def glimpse_corners(theta: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Pixel (x, y) of the four corners of each glimpse, in drawing order: thetas (..., 2, 3) ->
+    (..., 4, 2). A glimpse's corner (+-1, +-1) samples the image at theta @ (x, y, 1), and with
+    `align_corners=True` the normalised -1 and 1 are the centres of the first and last pixels."""
+    corners = theta.new_tensor([[-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]])      # (4, 3)
+    source = torch.einsum("...ij,kj->...ki", theta, corners)                          # (..., 4, 2)
+    return (source + 1) / 2 * (image_size - 1)
+
+
+def localisation_features(image_size: int, channels: tuple[int, ...], dropout: float) -> tuple[nn.Module, int]:
+    """MaxPool 2, then the conv stack (papers.md 3.3: 100 -> 50 -> 48 -> 24 -> 22 -> 11 -> 9, i.e.
+    20 x 9 x 9 features). Returns the module and its flattened output size."""
+    side = conv_output_size(image_size // 2, len(channels))
+    if side < 1:
+        raise ValueError(f"a {image_size}-pixel image is too small for the localisation network "
+                         f"({len(channels)} conv layers after a 2x2 pool)")
+    net = nn.Sequential(nn.MaxPool2d(2), conv_stack(1, channels, dropout), nn.Flatten())
+    return net, channels[-1] * side * side
+
+
+class CNNSPN(SequenceClassifier):
+    """The FFN-SPN of the original code: localisation convs -> dense -> theta; one glimpse; the
+    classifier with one softmax head per digit position."""
+
+    def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (96, 96, 96),
+                 dense: int = 400, downsample: float = 2.0, dropout: float = 0.0,
+                 loc_channels: tuple[int, ...] = (20, 20, 20), loc_hidden: int = 200):
+        super().__init__()
+        self.digits, self.num_classes, self.steps = digits, num_classes, 1
+        self.localisation, features = localisation_features(image_size, loc_channels, dropout)
+        self.loc_dense = nn.Sequential(nn.Linear(features, loc_hidden), nn.ReLU())
+        self.transformer = SpatialTransformer(image_size, downsample)
+        self.classifier = GlimpseClassifier(self.transformer.size, channels, dense, digits * num_classes, dropout)
+        glorot_init(self)
+        self.theta = identity_affine(loc_hidden)
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probabilities (B, digits, classes), theta (B, 1, 2, 3), glimpses (B, 1, g, g))."""
+        images = as_channels(x)
+        theta = self.theta(self.loc_dense(self.localisation(images))).view(-1, 1, 2, 3)
+        glimpses = self.transformer(images, theta)[:, :, 0]
+        logits = self.classifier(glimpses).view(-1, self.digits, self.num_classes)
+        return F.log_softmax(logits, dim=-1), theta, glimpses
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+
+class RNNSPN(SequenceClassifier):
+    """The recurrent spatial transformer: one GRU step, theta and glimpse per digit; one classifier
+    shared over the glimpses; the loss is the cross-entropy averaged over the steps."""
+
+    def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (32, 32, 32),
+                 dense: int = 400, downsample: float = 3.0, dropout: float = 0.0,
+                 loc_channels: tuple[int, ...] = (20, 20, 20), loc_hidden: int = 256):
+        super().__init__()
+        self.digits, self.num_classes, self.steps = digits, num_classes, digits
+        self.localisation, features = localisation_features(image_size, loc_channels, dropout)
+        self.transformer = SpatialTransformer(image_size, downsample)
+        self.classifier = GlimpseClassifier(self.transformer.size, channels, dense, num_classes, dropout)
+        glorot_init(self)
+        self.gru = nn.GRU(features, loc_hidden, batch_first=True)   # after glorot_init: GRU keeps torch's init
+        self.theta = identity_affine(loc_hidden)
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probabilities (B, T, classes), thetas (B, T, 2, 3), glimpses (B, T, g, g))."""
+        images = as_channels(x)
+        features = self.localisation(images)
+        # the same features at every step (the original's Repeat layer): the GRU state alone moves the glimpse
+        states, _ = self.gru(features.unsqueeze(1).expand(-1, self.steps, -1))
+        theta = self.theta(states).view(-1, self.steps, 2, 3)
+        glimpses = self.transformer(images, theta)[:, :, 0]                       # (B, T, g, g)
+        g = glimpses.shape[-1]
+        logits = self.classifier(glimpses.reshape(-1, 1, g, g)).view(-1, self.steps, self.num_classes)
+        return F.log_softmax(logits, dim=-1), theta, glimpses
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]

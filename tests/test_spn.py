@@ -1,0 +1,205 @@
+"""Spatial transformers and the sequence models built on them (RNN-SPN paper; papers.md 3.3-3.4)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dgm_dist.config import load_config
+from dgm_dist.errors import ConfigError
+from dgm_dist.models.cnn import SequenceClassifier, SequenceCNN
+from dgm_dist.models.registry import DataInfo, build_model
+from dgm_dist.models.spn import CNNSPN, IDENTITY, RNNSPN, SpatialTransformer, glimpse_corners
+from dgm_dist.training.loop import make_optimizer, track_best
+from dgm_dist.models.registry import model_spec
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from formats import write_mnist_dir
+
+    return write_mnist_dir(tmp_path_factory.mktemp("data") / "mnist", n_train=600, n_test=130)
+
+
+SMALL = {"channels": (4, 4, 4), "dense": 16, "loc_channels": (4, 4, 4), "loc_hidden": 8}
+
+
+def identity(batch: int, steps: int = 1) -> torch.Tensor:
+    return torch.tensor(IDENTITY).view(1, 1, 2, 3).expand(batch, steps, 2, 3)
+
+
+def test_identity_theta_at_downsample_1_returns_the_input():
+    images = torch.rand(2, 1, 100, 100)
+    glimpses = SpatialTransformer(100, 1.0)(images, identity(2, 3))
+    assert glimpses.shape == (2, 3, 1, 100, 100)
+    for t in range(3):                        # every step samples the pixel centres exactly
+        torch.testing.assert_close(glimpses[:, t], images, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("downsample, size", [(1, 100), (2, 50), (3, 33), (4, 25), (2.5, 40)])
+def test_glimpse_size_follows_the_downsample_factor(downsample, size):
+    out = SpatialTransformer(100, downsample)(torch.rand(3, 1, 100, 100), identity(3, 2))
+    assert out.shape == (3, 2, 1, size, size)
+    model = RNNSPN(100, 3, 10, downsample=downsample, **SMALL)
+    _, theta, glimpses = model.attend(torch.rand(2, 100, 100))
+    assert theta.shape == (2, 3, 2, 3) and glimpses.shape == (2, 3, size, size)
+
+
+def test_identity_glimpse_at_downsample_2_is_the_image_resized():
+    """Corner-aligned sampling (Lasagne's grid): the glimpse's corner pixels are the image's."""
+    images = torch.rand(1, 1, 101, 101)
+    g = SpatialTransformer(101, 2.0)(images, identity(1))[0, 0, 0]            # 50 x 50
+    assert g.shape == (50, 50)
+    for (gy, gx), (iy, ix) in {(0, 0): (0, 0), (0, -1): (0, -1), (-1, 0): (-1, 0), (-1, -1): (-1, -1)}.items():
+        assert g[gy, gx] == pytest.approx(images[0, 0, iy, ix].item(), abs=1e-6)
+
+
+def test_a_translating_theta_moves_the_glimpse_by_the_expected_pixels():
+    """Normalised units span (W - 1) / 2 pixels: tx = 0.2 on a 21-pixel image is 2 pixels right, ty = -0.3 is 3 up."""
+    images = torch.rand(1, 1, 21, 21)
+    theta = torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, -0.3]]).view(1, 1, 2, 3)
+    g = SpatialTransformer(21, 1.0)(images, theta)[0, 0, 0]
+    torch.testing.assert_close(g[3:, :-2], images[0, 0, :-3, 2:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(g[:3, :-2], images[0, 0, :1, 2:].expand(3, -1), atol=1e-5, rtol=0)   # border rows
+    corners = glimpse_corners(theta, 21)[0, 0]
+    torch.testing.assert_close(corners, torch.tensor([[2.0, -3.0], [22.0, -3.0], [22.0, 17.0], [2.0, 17.0]]))
+
+
+def test_glimpse_corners_of_the_identity_are_the_image_corners():
+    corners = glimpse_corners(identity(1, 2), 100)
+    assert corners.shape == (1, 2, 4, 2)
+    torch.testing.assert_close(corners[0, 1], torch.tensor([[0.0, 0.0], [99.0, 0.0], [99.0, 99.0], [0.0, 99.0]]))
+
+
+@pytest.mark.parametrize("cls", [CNNSPN, RNNSPN])
+def test_theta_starts_at_the_identity_and_the_localisation_learns(cls):
+    """Zero weights and identity bias (papers.md 3.6): the first step trains the theta layer, whose
+    non-zero weights then pass gradients to the localisation convolutions."""
+    torch.manual_seed(0)
+    model = cls(100, 3, 10, downsample=2.0, **SMALL)
+    x, y = torch.rand(4, 100, 100), torch.randint(0, 10, (4, 3))
+    _, theta, _ = model.attend(x)
+    torch.testing.assert_close(theta, identity(4, model.steps))
+    assert not model.theta.weight.any()
+    optimizer = make_optimizer(load_config("rnn-spn-seq3").optim, model.parameters())
+    model(x, y)[0].backward()
+    assert model.theta.weight.grad.abs().sum() > 0
+    optimizer.step()
+    optimizer.zero_grad()
+    model(x, y)[0].backward()
+    loc_grads = [p.grad for p in model.localisation.parameters()]
+    assert loc_grads and all(g is not None and g.abs().sum() > 0 for g in loc_grads)
+    assert not torch.allclose(model.attend(x)[1], identity(4, model.steps))      # the glimpse has moved
+
+
+@pytest.mark.parametrize("cls", [SequenceCNN, CNNSPN, RNNSPN])
+def test_models_run_at_any_batch_size_and_examples_do_not_interact(cls):
+    torch.manual_seed(0)
+    kw = {k: v for k, v in SMALL.items() if cls is not SequenceCNN or not k.startswith("loc")}
+    model = cls(60, 3, 10, downsample=2.0, **kw).eval()
+    x = torch.rand(7, 60, 60)
+    with torch.no_grad():
+        full = model.classify(x)
+        one = model.classify(x[3:4])
+    assert full.shape == (7, 3, 10) and one.shape == (1, 3, 10)
+    torch.testing.assert_close(one[0], full[3], atol=1e-5, rtol=1e-5)
+    loss, sums = model.train()(x[:1], torch.zeros(1, 3, dtype=torch.long))     # batch of 1 in training
+    loss.backward()
+    assert torch.isfinite(loss) and sums["sequence_error_sum"] <= 1
+
+
+def test_per_digit_and_sequence_errors_on_hand_made_predictions():
+    class Fixed(SequenceClassifier):
+        def __init__(self, pred):
+            super().__init__()
+            self.pred = pred
+
+        def classify(self, x):
+            return torch.log_softmax(torch.nn.functional.one_hot(self.pred, 4).float() * 10, -1)
+
+    y = torch.tensor([[0, 1, 2], [3, 3, 3], [1, 2, 3], [0, 0, 0]])
+    pred = torch.tensor([[0, 1, 2], [3, 0, 3], [2, 1, 3], [1, 1, 1]])  # wrong digits: 0, 1, 2, 3 of 3
+    sums = Fixed(pred).eval_sums(torch.zeros(4, 5, 5), y)
+    assert sums["per_digit_error_sum"].item() == pytest.approx(0 + 1 / 3 + 2 / 3 + 1)   # / 4 sequences = 50 %
+    assert sums["sequence_error_sum"].item() == 3
+
+
+def test_registry_builds_the_papers_models_with_their_glimpse_sizes():
+    seq = DataInfo((100, 100), 10, sequence_length=3)
+    rnn = build_model(load_config("rnn-spn-seq3").model, seq)
+    ffn = build_model(load_config("cnn-spn-seq3").model, seq)
+    assert isinstance(rnn, RNNSPN) and rnn.transformer.size == 33 and rnn.gru.hidden_size == 256
+    assert isinstance(ffn, CNNSPN) and ffn.transformer.size == 50 and ffn.classifier.out.out_features == 30
+    assert rnn.classifier.out.out_features == 10                      # one classifier shared over the steps
+    with pytest.raises(ConfigError, match="too small"):
+        build_model(load_config("rnn-spn-seq3", overrides=["model.downsample=12"]).model, seq)
+    with pytest.raises(ConfigError, match="digit sequences"):
+        build_model(load_config("rnn-spn-seq3").model, DataInfo((28, 28), 10))
+
+
+def test_rmsprop_uses_lasagnes_constants():
+    optimizer = make_optimizer(load_config("rnn-spn-seq3").optim, [torch.nn.Parameter(torch.zeros(1))])
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.RMSprop) and (group["alpha"], group["eps"], group["lr"]) == (0.9, 1e-6, 5e-4)
+
+
+def test_best_validation_epoch_is_tracked_in_the_models_direction():
+    spec = model_spec("rnn_spn")
+    best = None
+    for epoch, (valid, test) in enumerate([(0.5, 0.4), (0.3, 0.35), (0.3, 0.1), (0.4, 0.2)], start=1):
+        best = track_best(best, {"epoch": epoch, "valid_per_digit_error": valid, "test_per_digit_error": test}, spec)
+    assert best["metrics"] == {"best_epoch": 2, "best_valid_per_digit_error": 0.3, "best_test_per_digit_error": 0.35}
+    lvae = model_spec("lvae")                              # log-likelihood: higher is better
+    best = track_best(None, {"epoch": 1, "valid_iw_ll": -90.0}, lvae)
+    assert track_best(best, {"epoch": 2, "valid_iw_ll": -85.0}, lvae)["epoch"] == 2
+    assert track_best(None, {"epoch": 1, "test_error": 0.1}, model_spec("mlp")) is None     # no validation set
+
+
+def _tiny(root, data_dir, *extra):
+    from dgm_dist.cli import main
+
+    return main(["train", *extra, "--dataset", "cluttered-mnist", "--data-dir", str(data_dir), "--workers", "0",
+                 "--json", "--set", f"tracking.root={root}", "--set", "model.channels=4,4,4", "--set", "model.hidden=16",
+                 "--set", "model.loc_channels=4,4,4", "--set", "model.loc_hidden=8", "--set", "optim.batch_size=25",
+                 *[f"--set=data.cluttered.{k}={v}" for k, v in
+                   {"n_train": 100, "n_valid": 30, "n_test": 40, "valid_digits": 100, "clutter_pool": 500}.items()]])
+
+
+def test_rnn_spn_trains_and_logs_the_attention_figures(capsys, root, data_dir):
+    import json
+
+    import mlflow
+
+    code = _tiny(root, data_dir, "rnn-spn-seq3", "--epochs", "2")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    m = summary["metrics"]
+    assert m["test_per_digit_error"] <= m["test_sequence_error"] <= 1.0 and m["epoch"] == 2
+    assert m["test_sequence_error"] * 40 == pytest.approx(round(m["test_sequence_error"] * 40))   # all 40 test images
+    assert summary["best_epoch"] in (1, 2) and m["best_test_per_digit_error"] <= 1.0
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    figures = {f.path for f in client.list_artifacts(summary["mlflow"]["run_id"], "figures")}
+    assert figures == {f"figures/{n}.png" for n in ("test_predictions", "confusion_matrix", "attention_boxes",
+                                                     "glimpses")}
+    from PIL import Image
+
+    local = client.download_artifacts(summary["mlflow"]["run_id"], "figures/glimpses.png", str(root / "dl"))
+    assert Image.open(local).size[0] > 3 * 4 * 33 * 2          # 16 images x 3 steps, 4 images a row, at 2x
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs(capsys, root, data_dir):
+    """With a vanishing learning rate the validation error never improves after epoch 1, so
+    patience 2 stops the run after epoch 3 of 10 with a final checkpoint."""
+    import json
+
+    code = _tiny(root, data_dir, "cnn-spn-seq3", "--epochs", "10", "--set", "optim.lr=1e-12",
+                 "--set", "optim.patience=2")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_early"] and summary["epochs"] == 3 and summary["best_epoch"] == 1
+    assert summary["checkpoint"] and "epoch=000003" in summary["checkpoint"]
