@@ -6,6 +6,7 @@ Errors a user can cause are printed as one line (`dgm-dist: error: ...`) with ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -26,6 +27,10 @@ EXAMPLES = {
              "  dgm-dist train cnn-seq3-cpu --workers 2 --json\n"
              "  dgm-dist train mlp-fashion --run-name my-run --epochs 10   # same name again: resumes\n"
              "  dgm-dist train cnn-seq3 --gpus --workers 4 --address auto  # on a running cluster",
+    "tune": "  dgm-dist tune tune_spaces/lvae_warmup_bn_cpu.yaml\n"
+            "  dgm-dist tune tune_spaces/spn_downsample.yaml --address auto --concurrent 8\n"
+            "  dgm-dist tune tune_spaces/lvae_warmup_bn_cpu.yaml --resume    # after an interruption\n"
+            "  dgm-dist tune report lvae_warmup_bn_cpu                      # table and plot again",
 }
 
 
@@ -134,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracking settings, e.g. --set tracking.root=DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("tune", help="run a Ray Tune study (tune_spaces/*.yaml), or report one",
+                            formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["tune"],
+                            description="Run the study a YAML file describes (see tune_spaces/): one Ray Train "
+                                        "run per trial, scheduled by ASHA, each trial a child of the study's "
+                                        "MLflow run; the best trial is printed and logged. `dgm-dist tune "
+                                        "report STUDY` writes the trials table and the study's plot again.")
+    p.add_argument("target", metavar="STUDY_YAML | report", help="a study file, or `report` followed by a study name")
+    p.add_argument("study", nargs="?", metavar="STUDY", help="with `report`: the study's name")
+    p.add_argument("--samples", type=int, metavar="N", help="repeats of the grid / random draws (default: the file's)")
+    p.add_argument("--concurrent", type=int, metavar="K", help="trials at a time (default: as resources allow)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="tracking settings, e.g. --set tracking.root=DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 
@@ -159,17 +182,9 @@ def _config(args):
 
 
 def _train_config(args):
-    import dgm_dist.presets  # noqa: F401
-    from dgm_dist.config import MODEL_NAMES, PRESETS, load_config
+    from dgm_dist.config import load_config, preset_or_model
 
-    overrides = []
-    if args.target in PRESETS:
-        preset = args.target
-    elif args.target in MODEL_NAMES:
-        preset, overrides = None, [f"model.name={args.target}", f"name={args.target}"]
-    else:
-        raise DgmError(f"unknown model or preset '{args.target}'; presets: {', '.join(sorted(PRESETS))}; "
-                       f"models: {', '.join(MODEL_NAMES)}")
+    preset, overrides = preset_or_model(args.target)
     flags = {"data.dataset": args.dataset, "scaling.workers": args.workers, "optim.epochs": args.epochs,
              "data.labels": args.labels, "optim.max_minutes": args.max_minutes,
              "scaling.address": args.address, "data.data_dir": args.data_dir,
@@ -261,6 +276,58 @@ def _log_evaluation(uri: str, checkpoint, result: dict) -> None:
         result["mlflow_run_id"] = runs[0].info.run_id
 
 
+def cmd_tune(args) -> dict:
+    from dgm_dist.config import load_config
+    from dgm_dist.tracking import resolve_uri
+
+    if args.target == "report":
+        from dgm_dist.tuning.report import write_report
+
+        if not args.study:
+            raise DgmError("usage: dgm-dist tune report STUDY (the study's name, e.g. lvae_warmup_bn_cpu)")
+        cfg = load_config(overrides=args.overrides)
+        report = write_report(args.study, resolve_uri(cfg.tracking), cfg.tracking.experiment,
+                              Path(cfg.tracking.root) / "studies")
+        if not args.json:
+            print(report.markdown)
+            print(f"written: {', '.join(map(str, report.paths))} (and logged to MLflow run {report.parent_run_id})")
+        return {"study": args.study, "parent_run_id": report.parent_run_id, "files": [str(p) for p in report.paths],
+                "best": report.best, "trials": report.trials}
+    if args.study:
+        raise DgmError(f"unexpected argument {args.study!r}: `dgm-dist tune STUDY_YAML` takes one file")
+    from dgm_dist.tuning.space import load_study
+    from dgm_dist.tuning.study import run_study
+
+    for flag in ("samples", "concurrent"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise DgmError(f"--{flag} must be >= 1")
+    if args.address:
+        import os
+
+        os.environ["RAY_ADDRESS"] = args.address
+    study = load_study(args.target, samples=args.samples, concurrent=args.concurrent, overrides=args.overrides)
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    result = run_study(study, resume=args.resume, verbose=args.verbose, out=out)
+    summary = {"study": result.name, "parent_run_id": result.parent_run_id, "tracking_uri": result.tracking_uri,
+               "interrupted": result.interrupted, "seconds": round(result.seconds, 1), "best": result.best,
+               "trials": [{k: t[k] for k in ("trial_id", "status", "params", "stopped_by", "error")} |
+                          {study.metric: t["metrics"].get(study.metric), "epochs": t["metrics"].get("epoch")}
+                          for t in result.trials]}
+    if result.interrupted:
+        print(f"study {result.name} interrupted; its state is saved: dgm-dist tune {args.target} --resume "
+              f"continues it", file=sys.stderr)
+        raise KeyboardInterrupt
+    if not args.json:
+        if result.best:
+            b = result.best
+            print(f"best trial {b['trial_id']}: {', '.join(f'{k}={v}' for k, v in b['params'].items())} -> "
+                  f"{study.metric} {b['metrics'][study.metric]:.4f}")
+            print(f"  checkpoint: {b['checkpoint']}")
+        print(f"study {result.name} in {result.seconds:.0f} s; MLflow parent run {result.parent_run_id} at "
+              f"{result.tracking_uri}; report: dgm-dist tune report {result.name}")
+    return summary
+
+
 def cmd_data_list(args) -> dict:
     from dgm_dist.data.catalog import DATASETS, raw_source
     from dgm_dist.data.sources import locate
@@ -319,15 +386,19 @@ def cmd_data_inspect(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    json_mode = getattr(args, "json", False)
     try:
-        result = args.func(args)
+        # with --json, stdout carries only the JSON: anything else printed meanwhile (progress, and
+        # Ray's warnings, which its driver prints to stdout) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
+            result = args.func(args)
     except DgmError as e:
         print(f"dgm-dist: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dgm-dist: interrupted", file=sys.stderr)
         return 130
-    if getattr(args, "json", False):
+    if json_mode:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -94,6 +94,7 @@ class OptimConfig:
 class ScalingConfig:
     workers: int = bounded(1, 0)               # 0: in-process (Ray Train local mode)
     use_gpu: bool = False
+    gpus_per_worker: float = bounded(1.0, 0.0, open_lo=True)   # < 1: small models share a GPU (Tune trials)
     cpus_per_worker: float = bounded(1.0, 0.0, open_lo=True)
     address: str | None = None                 # a running Ray cluster; None: start a local one
     max_failures: int = bounded(0, 0)
@@ -155,6 +156,18 @@ def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
     if yaml_path is not None:
         cfg = apply(cfg, read_yaml(yaml_path), origin=str(yaml_path))
     return apply(cfg, parse_overrides(overrides), origin="--set")
+
+
+def preset_or_model(target: str) -> tuple[str | None, list[str]]:
+    """A preset name, or a bare model name with its defaults: (preset, overrides) for `load_config`."""
+    import dgm_dist.presets  # noqa: F401
+
+    if target in PRESETS:
+        return target, []
+    if target in MODEL_NAMES:
+        return None, [f"model.name={target}", f"name={target}"]
+    raise ConfigError(f"unknown model or preset '{target}'; presets: {', '.join(sorted(PRESETS))}; "
+                      f"models: {', '.join(MODEL_NAMES)}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -250,6 +263,8 @@ def coerce(value: Any, hint: Any, path: str, origin: str) -> Any:
         except (TypeError, ValueError):
             raise bad("a number") from None
     if hint is str:
+        if isinstance(value, bool):
+            raise bad("a string (YAML reads unquoted off/on/yes/no as true/false: quote it, e.g. 'off')")
         if isinstance(value, (dict, list)):
             raise bad("a string")
         return str(value)

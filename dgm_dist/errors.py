@@ -16,3 +16,7 @@ class DataError(DgmError):
 
 class ConfigError(DgmError):
     """A configuration value is invalid."""
+
+
+class DivergedError(DgmError):
+    """Training produced a non-finite loss or gradient (raised in Tune trials, where it fails the trial)."""

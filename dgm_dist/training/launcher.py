@@ -68,9 +68,9 @@ def check_resources(scaling) -> None:
     if scaling.use_gpu:
         import torch
 
-        gpus = torch.cuda.device_count()
-        if scaling.workers > gpus:
-            raise ConfigError(f"scaling.workers={scaling.workers} with use_gpu needs {scaling.workers} GPUs; "
+        gpus, need = torch.cuda.device_count(), scaling.workers * scaling.gpus_per_worker
+        if need > gpus:
+            raise ConfigError(f"scaling.workers={scaling.workers} with use_gpu needs {need:g} GPUs; "
                               f"this machine has {gpus} (drop --gpus, use fewer workers, or --address a cluster)")
     cpus = os.cpu_count() or 1
     if scaling.workers * scaling.cpus_per_worker > cpus:
@@ -82,9 +82,9 @@ def _check_cluster(scaling, out) -> None:
     import ray
 
     have = ray.cluster_resources()
-    need_gpu = scaling.workers if scaling.use_gpu else 0
+    need_gpu = scaling.workers * scaling.gpus_per_worker if scaling.use_gpu else 0
     if need_gpu > have.get("GPU", 0) and out:
-        out(f"note: the cluster has {have.get('GPU', 0):g} GPUs now and this run needs {need_gpu}; "
+        out(f"note: the cluster has {have.get('GPU', 0):g} GPUs now and this run needs {need_gpu:g}; "
             f"it waits for the autoscaler to add GPU nodes")
 
 
@@ -192,31 +192,40 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
 
     from dgm_dist.training.progress import ForwardReports, QueueDrain
 
-    # the controller collects reports when it polls the workers (every 2 s by default); a shorter
-    # interval keeps short epochs from waiting on it (the user's own setting wins)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-
     with RaySession(cfg.scaling, verbose):
         _check_cluster(cfg.scaling, out)
         reports = Queue(actor_options={"num_cpus": 0})
-        resources = {"CPU": cfg.scaling.cpus_per_worker}
-        if cfg.scaling.use_gpu:
-            resources["GPU"] = 1
-        trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.use_gpu,
-                                                   resources_per_worker=resources),
-            run_config=ray.train.RunConfig(
-                name=run_name, storage_path=storage, callbacks=[ForwardReports(reports)],
-                worker_runtime_env={"env_vars": worker_env()},
-                failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+        trainer = make_trainer(cfg, run_name, storage, loop_config, callbacks=[ForwardReports(reports)])
         with QueueDrain(reports, monitor):
             try:
                 trainer.fit()
             except ray.train.TrainingFailedError as e:
                 raise _explain(e) from None
         return monitor.history[-1] if monitor.history else {}
+
+
+def make_trainer(cfg: Config, run_name: str, storage: str, loop_config: dict[str, Any], callbacks: list):
+    """The `TorchTrainer` of one run on a Ray cluster (a training run, or one Tune trial)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from dgm_dist.training.loop import train_loop_per_worker
+
+    # the controller collects reports when it polls the workers (every 2 s by default); a shorter
+    # interval keeps short epochs from waiting on it (the user's own setting wins)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage, callbacks=callbacks,
+            worker_runtime_env={"env_vars": worker_env()},
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
 
 
 def worker_env() -> dict[str, str]:
@@ -226,11 +235,16 @@ def worker_env() -> dict[str, str]:
 
 
 class RaySession:
-    """Joins `scaling.address` / `RAY_ADDRESS`, or starts an embedded local Ray for the run (bound to
-    127.0.0.1) and shuts it down afterwards. A Ray already initialised in this process is reused."""
+    """Joins `scaling.address` / `RAY_ADDRESS`, or starts an embedded local Ray for the run (token
+    authentication on, dashboard on 127.0.0.1 when started) and shuts it down afterwards. A Ray
+    already initialised in this process is reused."""
 
-    def __init__(self, scaling, verbose: bool):
+    def __init__(self, scaling, verbose: bool, resources: dict[str, float] | None = None, dashboard: bool = False):
         self.scaling, self.verbose, self.started = scaling, verbose, False
+        self.resources = resources or {}      # custom resources of the embedded Ray (Tune's trial drivers)
+        # Tune needs the dashboard: Train's placement groups of trials Tune stopped are freed by a
+        # cleaner that reads the State API, which the dashboard serves (stack.md 2.3). 127.0.0.1 only.
+        self.dashboard = dashboard or verbose
 
     def __enter__(self):
         import ray
@@ -245,7 +259,21 @@ class RaySession:
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=self.verbose, **kwargs)
+                # Ray Train's placement-group cleaner, inside a worker, finds its cluster by
+                # RAY_ADDRESS or by scanning the machine, which fails when another Ray runs here;
+                # so the GCS port is chosen first and every worker gets RAY_ADDRESS
+                port = _free_port()
+                previous = os.environ.get("RAY_GCS_SERVER_PORT")
+                os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+                try:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=self.dashboard, dashboard_host="127.0.0.1",
+                             resources=self.resources, runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}},
+                             **kwargs)
+                finally:
+                    if previous is None:
+                        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+                    else:
+                        os.environ["RAY_GCS_SERVER_PORT"] = previous
         except ConnectionError as e:
             raise ConfigError(f"cannot connect to the Ray cluster at {address}: {e}; check --address / "
                               f"RAY_ADDRESS, or drop it to run on an embedded local Ray") from None
@@ -257,6 +285,14 @@ class RaySession:
 
         if self.started:
             ray.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _quiet_ray(verbose: bool) -> None:

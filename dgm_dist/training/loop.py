@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from dgm_dist.config import Config, to_dict
 from dgm_dist.data import load_from_config
+from dgm_dist.errors import DivergedError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.training import data as training_data
 from dgm_dist.training import schedules, state
@@ -91,8 +92,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             nonfinite, out_of_time = _any_rank(
                 [not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), time.time() > deadline], world)
             if nonfinite:
-                _report({"epoch": epoch + 1, "step": step, "nonfinite": _describe_nonfinite(
-                    epoch + 1, step + 1, loss, grad_norm, terms)}, None, config)
+                why = _describe_nonfinite(epoch + 1, step + 1, loss, grad_norm, terms)
+                if config.get("raise_nonfinite"):          # a Tune trial: the trial fails, the study goes on
+                    raise DivergedError(why)
+                _report({"epoch": epoch + 1, "step": step, "nonfinite": why}, None, config)
                 return                 # every rank stops here; the last good checkpoint stays
             optimizer.step()
             step += 1

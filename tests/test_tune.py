@@ -1,0 +1,108 @@
+"""`dgm-dist tune`: real Ray Tune over Ray Train on a local Ray, real MLflow on sqlite, tiny data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from formats import write_mnist_dir
+
+from dgm_dist.cli import main
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_mnist_dir(tmp_path_factory.mktemp("data") / "mnist", n_train=600, n_test=130)
+
+
+def study_file(tmp_path, name, data_dir, parameters, scheduler, epochs=3, concurrent=2) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": name, "base": "mlp",
+        "set": {"data.dataset": "mnist", "data.data_dir": str(data_dir), "data.validation": 100,
+                "model.hidden": [16], "optim.batch_size": 50, "optim.epochs": epochs},
+        "parameters": parameters, "scheduler": scheduler, "concurrent": concurrent,
+        "resources": {"workers": 1, "cpus_per_worker": 1}}))
+    return path
+
+
+def children(root, parent_run_id):
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    parent = client.get_run(parent_run_id)
+    return client, client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def test_an_asha_study_logs_a_parent_and_finished_children_and_picks_the_best(tmp_path, data_dir, capsys):
+    root = tmp_path / "runs"
+    path = study_file(tmp_path, "three", data_dir, {"optim.lr": {"grid": [0.03, 0.003, 0.0003]}},
+                      {"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    assert main(["tune", str(path), "--set", f"tracking.root={root}", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    client, runs = children(root, summary["parent_run_id"])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    final = {r.data.tags["dgm.trial_id"]: r.data.metrics["valid_error"] for r in runs}
+    assert summary["best"]["trial_id"] == min(final, key=final.get)
+    assert all(float(r.data.params["optim.lr"]) in (0.03, 0.003, 0.0003) for r in runs)    # whole config as params
+    assert all(len(client.get_metric_history(r.info.run_id, "epoch")) == int(r.data.metrics["epoch"]) for r in runs)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.metrics["best_valid_error"] == min(final.values())
+    assert Path(parent.data.tags["dgm.best_checkpoint"], "state.pt").exists()
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/report.md",
+                                                                                    "report/report.png"}
+    # the report again, on demand: the table names every trial and marks the best
+    assert main(["tune", "report", "three", "--set", f"tracking.root={root}"]) == 0
+    table = capsys.readouterr().out
+    assert all(t in table for t in final) and f"`{summary['best']['trial_id']}` **best**" in table
+
+
+def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, data_dir, capsys):
+    root = tmp_path / "runs"
+    path = study_file(tmp_path, "nan", data_dir, {"optim.lr": {"grid": [1e-3, 1e30]}}, {"type": "fifo"}, epochs=1)
+    assert main(["tune", str(path), "--set", f"tracking.root={root}", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    _, runs = children(root, summary["parent_run_id"])
+    status = {float(r.data.params["optim.lr"]): (r.info.status, r.data.tags.get("dgm.error", "")) for r in runs}
+    assert status[1e-3] == ("FINISHED", "")
+    assert status[1e30][0] == "FAILED" and "non-finite loss at epoch 1" in status[1e30][1]
+    assert summary["best"]["params"] == {"optim.lr": 0.001}
+
+
+def test_an_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, data_dir, capsys):
+    root = tmp_path / "runs"
+    path = study_file(tmp_path, "resume", data_dir, {"optim.lr": {"grid": [0.01, 0.003, 0.001]}}, {"type": "fifo"},
+                      epochs=2, concurrent=1)
+    proc = subprocess.Popen([sys.executable, "-m", "dgm_dist.cli", "tune", str(path), "--set", f"tracking.root={root}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    before = []
+    try:
+        for line in proc.stdout:
+            before.append(line)
+            if " finished after epoch" in line:          # the first trial is done: stop the study
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "--resume" in rest and "Traceback" not in rest
+    first = next(line.split()[1] for line in before if " finished after epoch" in line)
+    trial_dir = next((root / "ray" / "resume.trials").glob(f"trial-{first}"))
+    checkpoints = {p: p.stat().st_mtime_ns for p in trial_dir.rglob("state.pt")}
+    assert checkpoints
+
+    assert main(["tune", str(path), "--resume", "--set", f"tracking.root={root}", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert f"trial {first} started" not in captured.err                      # not re-run
+    assert {p: p.stat().st_mtime_ns for p in trial_dir.rglob("state.pt")} == checkpoints
+    client, runs = children(root, summary["parent_run_id"])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:                                                            # each epoch logged once
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "epoch")] == [1, 2]
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
