@@ -136,7 +136,8 @@ def test_unreachable_tracking_server_is_reported_before_training(capsys, root, d
     (["--workers", str(2 * CPUS), "--set", f"optim.batch_size={10 * CPUS}"], f"needs {2 * CPUS} CPUs"),
     (["--workers", "2", "--set", "optim.batch_size=75"], "must be divisible by the number of workers"),
     (["--set", "model.name=cnn"], "classifies digit sequences"),
-    (["--set", "model.name=rnn_spn"], "not implemented yet"),
+    (["--set", "model.name=rnn_spn"], "model.name=rnn_spn classifies digit sequences"),
+    (["--set", "optim.patience=-1"], "optim.patience=-1 is out of range"),
 ])
 def test_invalid_config_fails_before_ray_starts(capsys, root, data_dir, extra, message):
     code, _, err = _train(capsys, root, data_dir, "--epochs", "1", *extra)
@@ -176,7 +177,7 @@ def test_sequence_cnn_trains_on_cluttered_sequences(capsys, root, data_dir):
     assert m["test_per_digit_error"] <= m["test_sequence_error"] <= 1.0
     assert m["test_sequence_error"] * 40 == pytest.approx(round(m["test_sequence_error"] * 40))   # k / 40: all 40
     figures = _client(root).list_artifacts(summary["mlflow"]["run_id"], "figures")
-    assert [f.path for f in figures] == ["figures/test_predictions.png"]
+    assert [f.path for f in figures] == ["figures/confusion_matrix.png", "figures/test_predictions.png"]
 
 
 def test_a_stopped_run_ends_failed_not_running(root, data_dir):
