@@ -30,6 +30,18 @@ def test_defaults_come_from_the_base_model(tmp_path):
     assert (lvae.metric, lvae.mode) == ("valid_iw_ll", "max")
 
 
+def test_local_paths_are_made_absolute_for_the_trials(tmp_path, monkeypatch):
+    """Tune runs every trial in a working directory of its own: a relative tracking root or data
+    directory would put the trials' checkpoints there."""
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path, {**BASE, "parameters": {"base": {"grid": ["mlp", "cnn-spn-seq3-cpu"]}}}),
+                       overrides=["tracking.root=runs", "data.data_dir=data"])
+    monkeypatch.chdir("/")
+    for base in ("mlp", "cnn-spn-seq3-cpu"):
+        cfg = study.trial_config({"base": base})
+        assert (cfg.tracking.root, cfg.data.data_dir) == (str(tmp_path / "runs"), str(tmp_path / "data"))
+
+
 def test_distributions_become_tune_domains(tmp_path):
     from ray.tune.search.sample import Categorical, Float, Integer
 

@@ -66,6 +66,7 @@ class Study:
     report: dict[str, str]
     base_config: Config = field(repr=False, default=None)
     overrides: list[str] = field(repr=False, default_factory=list)    # the file's `set`, then --set
+    cwd: str = "."                                                    # the driver's, for relative paths
 
     @property
     def max_epochs(self) -> int:
@@ -80,7 +81,7 @@ class Study:
         picked) with the sampled `params` applied."""
         params = dict(params)
         base = self.base_config if "base" not in params else \
-            study_base(str(params.pop("base")), self.overrides, self.scheduler, self.resources, self.path)
+            study_base(str(params.pop("base")), self.overrides, self.scheduler, self.resources, self.path, self.cwd)
         return apply(base, nest(params), origin=f"{self.path} (trial parameters)")
 
 
@@ -221,7 +222,8 @@ def load_study(path: str | Path, samples: int | None = None, concurrent: int | N
 
     study = Study(path, name, str(doc.get("description", "")), str(doc["base"]), dict(doc.get("set") or {}),
                   parameters, metric, mode, scheduler, samples, concurrent, resources, report, overrides=fixed)
-    study.base_config = study_base(study.base, fixed, scheduler, resources, path)
+    study.cwd = os.getcwd()
+    study.base_config = study_base(study.base, fixed, scheduler, resources, path, study.cwd)
     return study
 
 
@@ -230,11 +232,15 @@ def _preset_args(target: str, overrides: list[str]) -> tuple:
     return preset, None, model + overrides
 
 
-def study_base(target: str, overrides: list[str], scheduler: dict, resources: dict, path) -> Config:
+def study_base(target: str, overrides: list[str], scheduler: dict, resources: dict, path, cwd: str) -> Config:
     """A preset (or model) with the study's `set` and the study-wide settings: the scheduler's
-    epochs, the trial resources, and a report only when the metric is evaluated."""
+    epochs, the trial resources, a report only when the metric is evaluated, and local paths made
+    absolute against the driver's `cwd` (Tune runs each trial in a working directory of its own)."""
     cfg = load_config(*_preset_args(target, overrides))
-    return apply(cfg, nest({"optim.epochs": scheduler["max_epochs"], "scaling.workers": resources["workers"],
+    paths = {"tracking.root": cfg.tracking.root, "tracking.storage_path": cfg.tracking.storage_path,
+             "data.data_dir": cfg.data.data_dir}
+    absolute = {k: str(Path(cwd, Path(v).expanduser())) for k, v in paths.items() if v and "://" not in v}
+    return apply(cfg, nest({**absolute, "optim.epochs": scheduler["max_epochs"], "scaling.workers": resources["workers"],
                             "scaling.cpus_per_worker": resources["cpus_per_worker"],
                             "scaling.use_gpu": resources["gpus_per_worker"] > 0,
                             **({"scaling.gpus_per_worker": resources["gpus_per_worker"]}
