@@ -1,16 +1,15 @@
 """Spatial transformers and the sequence models built on them (RNN-SPN paper; papers.md 3.3-3.4)."""
 
-import numpy as np
 import pytest
 import torch
 
 from dgm_dist.config import load_config
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.cnn import SequenceClassifier, SequenceCNN
-from dgm_dist.models.registry import DataInfo, build_model
+from dgm_dist.models.registry import DataInfo, build_model, model_spec
 from dgm_dist.models.spn import CNNSPN, IDENTITY, RNNSPN, SpatialTransformer, glimpse_corners
 from dgm_dist.training.loop import make_optimizer, track_best
-from dgm_dist.models.registry import model_spec
+
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
@@ -143,7 +142,8 @@ def test_registry_builds_the_papers_models_with_their_glimpse_sizes():
 def test_rmsprop_uses_lasagnes_constants():
     optimizer = make_optimizer(load_config("rnn-spn-seq3").optim, [torch.nn.Parameter(torch.zeros(1))])
     group = optimizer.param_groups[0]
-    assert isinstance(optimizer, torch.optim.RMSprop) and (group["alpha"], group["eps"], group["lr"]) == (0.9, 1e-6, 5e-4)
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert (group["alpha"], group["eps"], group["lr"]) == (0.9, 1e-6, 5e-4)
 
 
 def test_best_validation_epoch_is_tracked_in_the_models_direction():
@@ -162,7 +162,8 @@ def _tiny(root, data_dir, *extra):
     from dgm_dist.cli import main
 
     return main(["train", *extra, "--dataset", "cluttered-mnist", "--data-dir", str(data_dir), "--workers", "0",
-                 "--json", "--set", f"tracking.root={root}", "--set", "model.channels=4,4,4", "--set", "model.hidden=16",
+                 "--json", "--set", f"tracking.root={root}", "--set", "model.channels=4,4,4",
+                 "--set", "model.hidden=16",
                  "--set", "model.loc_channels=4,4,4", "--set", "model.loc_hidden=8", "--set", "optim.batch_size=25",
                  *[f"--set=data.cluttered.{k}={v}" for k, v in
                    {"n_train": 100, "n_valid": 30, "n_test": 40, "valid_digits": 100, "clutter_pool": 500}.items()]])

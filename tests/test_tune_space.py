@@ -24,7 +24,8 @@ def test_defaults_come_from_the_base_model(tmp_path):
     assert (study.metric, study.mode) == ("valid_error", "min")
     assert study.scheduler == {"type": "asha", "grace_period": 1, "reduction_factor": 3, "max_epochs": 4}
     assert study.trials_planned() == 2 and study.report == {"x": "optim.lr", "y": "test_error"}
-    assert study.base_config.scaling.report_every == study.base_config.scaling.checkpoint_every   # metric in every report
+    scaling = study.base_config.scaling
+    assert scaling.report_every == scaling.checkpoint_every          # the metric is in every report
     assert study.trial_config({"optim.lr": 0.01}).optim.lr == 0.01
     lvae = load_study(write(tmp_path, {**BASE, "base": "lvae-bn-wu-mnist-5l-cpu", "set": {}}))
     assert (lvae.metric, lvae.mode) == ("valid_iw_ll", "max")
@@ -51,7 +52,8 @@ def test_distributions_become_tune_domains(tmp_path):
         "model.batch_norm": {"grid": ["off", "running"]}}}))
     space = to_tune_space(study)["params"]
     assert isinstance(space["optim.lr"], Float) and isinstance(space["optim.batch_size"], Integer)
-    assert isinstance(space["model.hidden"], Categorical) and space["model.batch_norm"] == {"grid_search": ["off", "running"]}
+    assert isinstance(space["model.hidden"], Categorical)
+    assert space["model.batch_norm"] == {"grid_search": ["off", "running"]}
     assert grid_points(study) == [{"model.batch_norm": "off"}, {"model.batch_norm": "running"}]
 
 
@@ -106,6 +108,8 @@ def test_a_base_parameter_gives_each_trial_its_presets_settings(monkeypatch):
     study = load_study(ROOT / "tune_spaces" / "spn_downsample.yaml")
     cnn = study.trial_config({"base": "cnn-spn-seq3", "model.downsample": 3})
     rnn = study.trial_config({"base": "rnn-spn-seq3", "model.downsample": 1})
-    assert (cnn.model.name, cnn.model.channels, cnn.optim.clip_value, cnn.model.downsample) == ("cnn_spn", (96, 96, 96), None, 3.0)
-    assert (rnn.model.name, rnn.model.channels, rnn.optim.clip_value, rnn.model.downsample) == ("rnn_spn", (32, 32, 32), 1.0, 1.0)
+    def key(c):
+        return c.model.name, c.model.channels, c.optim.clip_value, c.model.downsample
+
+    assert key(cnn) == ("cnn_spn", (96, 96, 96), None, 3.0) and key(rnn) == ("rnn_spn", (32, 32, 32), 1.0, 1.0)
     assert cnn.optim.epochs == rnn.optim.epochs == 300 and cnn.scaling.gpus_per_worker == 0.5

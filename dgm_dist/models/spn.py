@@ -21,8 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_dist.models.cnn import (GlimpseClassifier, SequenceClassifier, as_channels, conv_output_size, conv_stack,
-                                 glimpse_size, glorot_init)
+from dgm_dist.models.cnn import (
+    GlimpseClassifier,
+    SequenceClassifier,
+    as_channels,
+    conv_output_size,
+    conv_stack,
+    glimpse_size,
+    glorot_init,
+)
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 

@@ -111,7 +111,8 @@ def _mapping(doc: Any, path, key: str) -> dict:
 def _parameter(path, key: str, spec: Any, base: Config, overrides: list[str]) -> Parameter:
     where = f"parameters.{key}"
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise _fail(path, where, f"expected one distribution, e.g. {{grid: [a, b]}}; allowed: {', '.join(DISTRIBUTIONS)}")
+        raise _fail(path, where, "expected one distribution, e.g. {grid: [a, b]}; allowed: "
+                    + ", ".join(DISTRIBUTIONS))
     (kind, values), = spec.items()
     if kind not in DISTRIBUTIONS:
         raise _fail(path, where, f"unknown distribution '{kind}'; allowed: {', '.join(DISTRIBUTIONS)}")
@@ -197,13 +198,15 @@ def load_study(path: str | Path, samples: int | None = None, concurrent: int | N
             raise _fail(path, f"scheduler.{k}", f"unknown for {kind}; allowed: {', '.join(allowed)}")
     max_epochs = scheduler.setdefault("max_epochs", base.optim.epochs)
     for k, lo in (("grace_period", 1), ("reduction_factor", 2), ("max_epochs", 1)):
-        if k in scheduler and (not isinstance(scheduler[k], int) or isinstance(scheduler[k], bool) or scheduler[k] < lo):
+        value = scheduler.get(k, lo)
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
             raise _fail(path, f"scheduler.{k}", f"{scheduler[k]!r}: an integer >= {lo}")
     if kind == "asha":
         scheduler.setdefault("grace_period", 1)
         scheduler.setdefault("reduction_factor", 3)
         if scheduler["grace_period"] > max_epochs:
-            raise _fail(path, "scheduler.grace_period", f"{scheduler['grace_period']} is more than max_epochs={max_epochs}")
+            raise _fail(path, "scheduler.grace_period",
+                        f"{scheduler['grace_period']} is more than max_epochs={max_epochs}")
 
     resources = _resources(path, _mapping(doc.get("resources"), path, "resources"), base)
     samples = _positive(path, "samples", samples if samples is not None else doc.get("samples", 1))
@@ -216,7 +219,8 @@ def load_study(path: str | Path, samples: int | None = None, concurrent: int | N
     searched = {p.key for p in parameters}
     for k in ("x", "lines", "panels"):
         if k in report and report[k] not in searched:
-            raise _fail(path, f"report.{k}", f"{report[k]!r} is not a searched parameter ({', '.join(sorted(searched))})")
+            raise _fail(path, f"report.{k}",
+                        f"{report[k]!r} is not a searched parameter ({', '.join(sorted(searched))})")
     report.setdefault("x", parameters[0].key)
     report.setdefault("y", metric.replace("valid_", "test_", 1))
 
@@ -240,7 +244,8 @@ def study_base(target: str, overrides: list[str], scheduler: dict, resources: di
     paths = {"tracking.root": cfg.tracking.root, "tracking.storage_path": cfg.tracking.storage_path,
              "data.data_dir": cfg.data.data_dir}
     absolute = {k: str(Path(cwd, Path(v).expanduser())) for k, v in paths.items() if v and "://" not in v}
-    return apply(cfg, nest({**absolute, "optim.epochs": scheduler["max_epochs"], "scaling.workers": resources["workers"],
+    return apply(cfg, nest({**absolute, "optim.epochs": scheduler["max_epochs"],
+                            "scaling.workers": resources["workers"],
                             "scaling.cpus_per_worker": resources["cpus_per_worker"],
                             "scaling.use_gpu": resources["gpus_per_worker"] > 0,
                             **({"scaling.gpus_per_worker": resources["gpus_per_worker"]}
@@ -272,7 +277,8 @@ def _resources(path, doc: dict, base: Config) -> dict[str, float]:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise _fail(path, f"resources.{k}", f"{v!r}: a number >= 0")
     if out["workers"] < 1 or not float(out["workers"]).is_integer():
-        raise _fail(path, "resources.workers", f"{out['workers']!r}: trials run on Ray Train workers; a whole number >= 1")
+        raise _fail(path, "resources.workers",
+                    f"{out['workers']!r}: trials run on Ray Train workers; a whole number >= 1")
     if out["cpus_per_worker"] <= 0:
         raise _fail(path, "resources.cpus_per_worker", "must be > 0")
     g = out["gpus_per_worker"]

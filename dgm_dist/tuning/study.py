@@ -34,7 +34,7 @@ from dgm_dist.errors import ConfigError, DgmError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, resolve_uri
 from dgm_dist.training import data as training_data
-from dgm_dist.training.launcher import RaySession, _explain, _quiet_ray, make_trainer, storage_path, validate
+from dgm_dist.training.launcher import RaySession, _explain, make_trainer, storage_path, validate
 from dgm_dist.tuning.space import Study, grid_points, to_tune_space
 
 DRIVER_RESOURCE = "dgm_trial_driver"
