@@ -24,7 +24,7 @@ EXAMPLES = {
                     "  dgm-dist data inspect fashion-mnist --split train --count 64 --out grid.png",
     "train": "  dgm-dist train mlp-fashion --workers 2 --epochs 3\n"
              "  dgm-dist train mlp --dataset fashion-mnist --workers 0 --epochs 1   # in-process, quick\n"
-             "  dgm-dist train cnn-seq3-cpu --workers 2 --json\n"
+             "  dgm-dist train rnn-spn-seq3-cpu --max-minutes 8 --json\n"
              "  dgm-dist train mlp-fashion --run-name my-run --epochs 10   # same name again: resumes\n"
              "  dgm-dist train cnn-seq3 --gpus --workers 4 --address auto  # on a running cluster",
     "tune": "  dgm-dist tune tune_spaces/lvae_warmup_bn_cpu.yaml\n"
