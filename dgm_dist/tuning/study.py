@@ -125,8 +125,9 @@ def run_study(study: Study, resume: bool = False, verbose: bool = False, out=pri
         with RaySession(base.scaling, verbose, resources={DRIVER_RESOURCE: 1000}, dashboard=True):
             grid = _tuner(study, tracking, resume, experiment_dir).fit()
         trials = collect_trials(uri, parent.run_id)
+        # unfinished trials (neither terminated nor errored), or trials never created: Ctrl-C / SIGTERM
         interrupted = any(t["status"] == "RUNNING" or t.get("interrupted") for t in trials) or \
-            len(grid) < study.trials_planned() or any(r.metrics is None for r in grid)
+            len(grid) < study.trials_planned() or grid.num_terminated + grid.num_errors < len(grid)
         best = best_trial(trials, study) if trials else None
         if best:
             parent.client.log_batch(parent.run_id, metrics=_metrics({f"best_{k}": v for k, v in best["metrics"].items()
