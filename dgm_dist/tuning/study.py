@@ -130,8 +130,9 @@ def run_study(study: Study, resume: bool = False, verbose: bool = False, out=pri
             len(grid) < study.trials_planned() or grid.num_terminated + grid.num_errors < len(grid)
         best = best_trial(trials, study) if trials else None
         if best:
-            parent.client.log_batch(parent.run_id, metrics=_metrics({f"best_{k}": v for k, v in best["metrics"].items()
-                                                                     if isinstance(v, (int, float))}))
+            parent.client.log_batch(parent.run_id, metrics=_metrics({
+                f"best_{k}": v for k, v in best["metrics"].items()       # the best trial's final figures
+                if isinstance(v, (int, float)) and not k.startswith("best_")}))
             parent.set_tags({"dgm.best_trial": best["trial_id"], "dgm.best_run_id": best["run_id"],
                              "dgm.best_checkpoint": best.get("checkpoint") or ""})
         if interrupted:
