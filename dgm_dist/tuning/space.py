@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dgm_dist.config import Config, apply, flatten, load_config, preset_or_model, read_yaml
+from dgm_dist.config import Config, apply, load_config, preset_or_model, read_yaml
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.registry import model_spec
 
@@ -334,10 +334,3 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
     grid = [p for p in study.parameters if p.kind == "grid"]
     return [dict(zip([p.key for p in grid], combo, strict=True)) for combo in
             itertools.product(*(p.values for p in grid))]
-
-
-def summary(study: Study) -> dict[str, Any]:
-    return {"study": study.name, "base": study.base, "metric": study.metric, "mode": study.mode,
-            "trials": study.trials_planned(), "concurrent": study.concurrent, "scheduler": study.scheduler,
-            "parameters": {p.key: {p.kind: list(p.values)} for p in study.parameters},
-            "config": flatten(study.base_config)}
