@@ -31,6 +31,12 @@ EXAMPLES = {
             "  dgm-dist tune tune_spaces/spn_downsample.yaml --address auto --concurrent 8\n"
             "  dgm-dist tune tune_spaces/lvae_warmup_bn_cpu.yaml --resume    # after an interruption\n"
             "  dgm-dist tune report lvae_warmup_bn_cpu                      # table and plot again",
+    "export": "  dgm-dist export rnn-spn-seq3-cpu-20261126-101500            # a run name (its latest checkpoint)\n"
+              "  dgm-dist export --study spn_downsample_cpu --quantize int8  # the study's best trial\n"
+              "  dgm-dist export 6ca2b55feaf348018f914a2c35bb45ed --aux mean # an MLflow run id; a = mean of q(a|x)",
+    "validate": "  dgm-dist validate runs/exports/RUN/model.onnx\n"
+                "  dgm-dist validate runs/exports/RUN/model.int8.onnx --int8-max-drop 1.0 --json\n"
+                "  dgm-dist validate model.onnx --provider cuda              # onnxruntime-gpu: CUDA must be used",
 }
 
 
@@ -157,6 +163,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracking settings, e.g. --set tracking.root=DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_tune)
+
+    p = commands.add_parser("export", help="export a trained classifier to ONNX and register it in MLflow",
+                            formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["export"],
+                            description="Export a trained classifier (MLP, M2/ADGM/SDGM, CNN, CNN-SPN, RNN-SPN) "
+                                        "to one ONNX file with a dynamic batch axis, raw uint8 pixels in, the "
+                                        "preprocessing inside, and a model card (model_card.json and the ONNX "
+                                        "metadata). ONNX Runtime must reproduce PyTorch on test images before the "
+                                        "model is logged to MLflow and registered; the best version of a "
+                                        "registered model carries the alias `champion`.")
+    p.add_argument("run", nargs="?", metavar="RUN", help="checkpoint directory, run name, or MLflow run id")
+    p.add_argument("--study", metavar="STUDY", help="export the best trial of this Tune study instead")
+    p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx (ONNX Runtime quantization)")
+    p.add_argument("--opset", type=int, default=20, metavar="N", help="ONNX opset (default 20; 18 for older runtimes)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: <tracking.root>/exports/<run>)")
+    p.add_argument("--aux", choices=["sample", "mean"],
+                   help="M2/ADGM/SDGM: average q(y|a,x) over fixed draws of a (sample) or use the mean of "
+                        "q(a|x) (default: the run's model.predict)")
+    p.add_argument("--samples", type=int, metavar="S", help="draws of a for --aux sample (default: eval_samples)")
+    p.add_argument("--name", metavar="NAME", help="registered model name (default: dgm-<model>-<dataset>)")
+    p.add_argument("--no-register", action="store_true", help="write the files only; nothing to MLflow")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="tracking settings, e.g. --set tracking.root=DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("validate", help="check an exported ONNX model against PyTorch; time it",
+                            formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["validate"],
+                            description="Check a model written by `dgm-dist export`: onnx.checker; ONNX Runtime "
+                                        "vs PyTorch on real test images at batch 1, 7 and 64; the full test set "
+                                        "(fp32: equal metrics; INT8: the change in points); latency at batch 1 "
+                                        "and 64 against PyTorch eager on the same threads; where each node "
+                                        "runs. Exit status 1 when a check fails.")
+    p.add_argument("model", metavar="MODEL.onnx", help="a file written by dgm-dist export")
+    p.add_argument("--dataset", metavar="NAME", help="test on another dataset of the same image shape")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files")
+    p.add_argument("--checkpoint", metavar="DIR", help="the PyTorch checkpoint (default: the one the card names)")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="ONNX Runtime provider (auto: CUDA with onnxruntime-gpu and a GPU, else CPU)")
+    p.add_argument("--threads", type=int, metavar="N", help="threads for both runtimes (default: torch's)")
+    p.add_argument("--int8-max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="largest allowed loss of an INT8 model, in percentage points (default 0.5)")
+    p.add_argument("--no-latency", action="store_true", help="skip the timing")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_validate)
     return parser
 
 
@@ -260,20 +311,16 @@ def _log_evaluation(uri: str, checkpoint, result: dict) -> None:
     """Add the figures to the MLflow run that produced the checkpoint, suffixed with k."""
     from mlflow import MlflowClient
 
+    from dgm_dist.tracking import run_for_checkpoint
+
     suffix = f"_k{result['metrics']['iw_samples']}" if "iw_samples" in result["metrics"] else "_offline"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return                              # no local store: do not create one just to find nothing
-    try:
+    run_id = run_for_checkpoint(uri, checkpoint)
+    if run_id:
         client = MlflowClient(uri)
-        ids = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(ids, f"tags.`dgm.checkpoint` = '{checkpoint}'", max_results=1) if ids else []
-    except Exception:  # an unreachable store: the printed result is what counts
-        return
-    if runs:
         for k, v in result["metrics"].items():
             if k != "iw_samples" and isinstance(v, (int, float)):
-                client.log_metric(runs[0].info.run_id, k + suffix, float(v))
-        result["mlflow_run_id"] = runs[0].info.run_id
+                client.log_metric(run_id, k + suffix, float(v))
+        result["mlflow_run_id"] = run_id
 
 
 def cmd_tune(args) -> dict:
@@ -326,6 +373,88 @@ def cmd_tune(args) -> dict:
         print(f"study {result.name} in {result.seconds:.0f} s; MLflow parent run {result.parent_run_id} at "
               f"{result.tracking_uri}; report: dgm-dist tune report {result.name}")
     return summary
+
+
+def _export_source(args, cfg, uri: str) -> tuple[Path, dict]:
+    """The checkpoint to export and what is known of where it came from."""
+    from dgm_dist.tracking import run_for_checkpoint
+    from dgm_dist.training.launcher import storage_path
+    from dgm_dist.training.reevaluate import find_checkpoint
+
+    if bool(args.run) == bool(args.study):
+        raise DgmError("give either a RUN (checkpoint directory, run name or MLflow run id) or --study STUDY")
+    if args.study:
+        from mlflow import MlflowClient
+
+        from dgm_dist.tuning.report import find_study
+
+        parent = find_study(MlflowClient(uri), cfg.tracking.experiment, args.study)
+        tags = parent.data.tags
+        if not tags.get("dgm.best_checkpoint"):
+            raise DgmError(f"study {args.study} has no finished trial with a checkpoint to export")
+        checkpoint = find_checkpoint(tags["dgm.best_checkpoint"], storage_path(cfg))
+        return checkpoint, {"mlflow_run_id": tags.get("dgm.best_run_id"), "study": args.study,
+                            "trial": tags.get("dgm.best_trial")}
+    checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
+    return checkpoint, {"mlflow_run_id": run_for_checkpoint(uri, checkpoint)}
+
+
+def cmd_export(args) -> dict:
+    from dgm_dist.config import load_config
+    from dgm_dist.tracking import check_reachable, resolve_uri
+    from dgm_dist.training.reevaluate import load_trained
+
+    if args.samples is not None and args.samples < 1:
+        raise DgmError("--samples must be >= 1")
+    cfg = load_config(overrides=args.overrides)
+    uri = resolve_uri(cfg.tracking)
+    if not args.no_register:
+        check_reachable(uri)
+    checkpoint, source = _export_source(args, cfg, uri)
+    from export.exporter import ExportOptions, export_checkpoint
+    from export.graphs import GraphOptions
+
+    trained = load_trained(checkpoint)[0].model
+    graph = GraphOptions(aux=args.aux or trained.predict, samples=args.samples or trained.eval_samples)
+    run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
+    out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir)
+    result = export_checkpoint(checkpoint, options, source, out)
+    example, card = result.pop("example"), result["card"]
+    summary = {"checkpoint": str(checkpoint), "files": result["files"], "model": card["model"],
+               "dataset": card["dataset"], "test_metrics": card["test_metrics"], "inference": card["inference"],
+               "parity_max_abs_diff": card["parity"]["max_abs_diff"], "source": card["source"],
+               "seconds": result["seconds"], "registered": []}
+    if not args.no_register:
+        from export.registry import register
+
+        name = args.name or f"dgm-{card['model'].replace('_', '-')}-{card['dataset']}"
+        for path in map(Path, result["files"]):
+            int8 = ".int8." in path.name
+            card_path = path.with_name("model.int8.card.json" if int8 else "model_card.json")
+            reg = register(uri, cfg.tracking.experiment, path, json.loads(card_path.read_text()), example,
+                           name + ("-int8" if int8 else ""), f"export-{run_dir}", [card_path])
+            summary["registered"].append(reg)
+            out(f"registered {reg['registered_model']} version {reg['version']}"
+                + (" (alias champion)" if reg["champion"] else " (the champion stays: it is better)"))
+    if not args.json:
+        print(f"written: {', '.join(result['files'])}")
+        print(f"check it: dgm-dist validate {result['files'][0]}")
+    return summary
+
+
+def cmd_validate(args) -> dict:
+    from export.validator import format_report, validate_model
+
+    if args.threads is not None and args.threads < 1 or args.int8_max_drop < 0:
+        raise DgmError("--threads must be >= 1 and --int8-max-drop >= 0")
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    result = validate_model(Path(args.model), args.data_dir, args.dataset, args.checkpoint, args.provider,
+                            args.threads, args.int8_max_drop, not args.no_latency, out)
+    if not args.json:
+        print(format_report(result))
+    return result
 
 
 def cmd_data_list(args) -> dict:
@@ -400,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if json_mode:
         print(json.dumps(result, indent=2, default=str))
-    return 0
+    return 1 if result.get("passed") is False else 0
 
 
 if __name__ == "__main__":

@@ -63,10 +63,26 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"{directory} is not writable; set tracking.root to a writable directory")
 
 
-def _quiet_mlflow() -> None:
+def quiet_mlflow() -> None:
     # the sqlite store logs every alembic migration at INFO on first use
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_for_checkpoint(uri: str, checkpoint: str | Path) -> str | None:
+    """The id of the run (training run or Tune trial) that wrote `checkpoint`, or None when the store
+    has none (or cannot be read: the caller goes on without it)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None                          # no local store: do not create one just to find nothing
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(ids, f"tags.`dgm.checkpoint` = '{checkpoint}'", max_results=1) if ids else []
+    except Exception:  # an unreachable store
+        return None
+    return runs[0].info.run_id if runs else None
 
 
 class RunTracker:
@@ -75,7 +91,7 @@ class RunTracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, root: str | Path,
                  params: dict[str, Any], tags: dict[str, str] | None = None, resume_key: str | None = None):
-        _quiet_mlflow()
+        quiet_mlflow()
         from mlflow import MlflowClient
         from mlflow.entities import Param
 

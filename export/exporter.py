@@ -1,0 +1,179 @@
+"""`dgm-dist export`: a trained classifier's checkpoint -> a checked ONNX file, its model card, an
+optional INT8 copy, and an MLflow model version (the alias `champion` on the best).
+
+Nothing is registered unless ONNX Runtime reproduces PyTorch on real test images first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from dgm_dist.config import Config, apply, to_dict
+from dgm_dist.data import load_from_config
+from dgm_dist.errors import DataError, DgmError
+from dgm_dist.fileio import atomic_write
+from dgm_dist.models.registry import model_spec
+from dgm_dist.training import data as training_data
+from dgm_dist.training.reevaluate import load_trained
+from export import checks
+from export.card import FORMAT, PREPROCESSING
+from export.graphs import INPUT, GraphOptions, build_graph, run_graph
+from export.onnx_file import export_graph, set_card
+from export.quantize import quantize_int8
+
+FP32_TOLERANCE = 1e-5
+CALIBRATION_IMAGES = 500
+
+
+@dataclass
+class ExportOptions:
+    out_dir: Path
+    opset: int = 20
+    quantize: str | None = None          # None or "int8"
+    graph: GraphOptions = GraphOptions()
+    data_dir: str | None = None
+
+
+@dataclass
+class Loaded:
+    """A trained classifier and what it was trained and tested on."""
+
+    cfg: Config
+    model: torch.nn.Module
+    epoch: int
+    test: tuple[np.ndarray, np.ndarray]
+    train_x: np.ndarray
+    classes: list[str]
+
+
+def load_classifier(checkpoint: Path, data_dir: str | None = None, dataset: str | None = None) -> Loaded:
+    """The checkpoint's model with the test set it is judged on, as uint8 pixels."""
+    cfg, model, saved = load_trained(checkpoint)
+    spec = model_spec(cfg.model.name)
+    if spec.streams == "unsupervised":
+        raise DgmError(f"{checkpoint}: {cfg.model.name} is a generative model, not a classifier; export takes "
+                       f"mlp, m2, adgm, sdgm, cnn, cnn_spn or rnn_spn")
+    if cfg.data.binarize == "static" or cfg.data.eval_binarize:
+        raise DgmError(f"{checkpoint}: the run was tested on binarized images (data.binarize={cfg.data.binarize}, "
+                       f"eval_binarize={cfg.data.eval_binarize}); an exported classifier takes raw pixels, so "
+                       f"export models trained with data.binarize=dynamic or none")
+    changes = {k: v for k, v in (("data_dir", data_dir), ("dataset", dataset)) if v}
+    if changes:
+        cfg = apply(cfg, {"data": changes}, origin="export options")
+    data = training_data.prepare(load_from_config(cfg.data, download=False), cfg.data, spec.streams)
+    x, y = data.eval_sets["test"]
+    if x.dtype != torch.uint8:
+        raise DataError(f"{cfg.data.dataset}: exported classifiers take uint8 pixels, and this dataset's "
+                        f"images are {x.dtype}")
+    if tuple(x.shape[1:]) != tuple(data.info.image_shape) or data.info.image_shape != _trained_shape(saved):
+        raise DataError(f"{cfg.data.dataset}: images of shape {tuple(x.shape[1:])}, but the model was trained on "
+                        f"{_trained_shape(saved)}")
+    classes = list(data.classes) or [str(i) for i in range(data.info.num_classes)]
+    return Loaded(cfg, model.eval(), saved["epoch"] + 1, (x.numpy(), y.numpy()), data.train_x.numpy(), classes)
+
+
+def _trained_shape(saved: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(saved["extra"]["data_info"]["image_shape"])
+
+
+def torch_fn(graph: torch.nn.Module):
+    """numpy pixels -> numpy outputs of the graph in eager PyTorch (what ONNX must reproduce)."""
+    return lambda x: [o.numpy() for o in run_graph(graph, torch.from_numpy(x))]
+
+
+def ort_fn(sess):
+    return lambda x: sess.run(None, {INPUT: x})
+
+
+def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str, Any],
+                      out=print) -> dict[str, Any]:
+    """Write `model.onnx` (and `model.int8.onnx`) with their cards into `options.out_dir`."""
+    started = time.time()
+    loaded = load_classifier(checkpoint, options.data_dir)
+    cfg, (test_x, test_y) = loaded.cfg, loaded.test
+    graph = build_graph(loaded.model, options.graph)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = options.out_dir / "model.onnx"
+    out(f"exporting {cfg.model.name} (epoch {loaded.epoch}) to {fp32} at opset {options.opset}")
+    export_graph(graph, torch.from_numpy(test_x[:2]), fp32, options.opset)
+
+    sess = checks.session(fp32, [checks.CPU])
+    rows = checks.parity(torch_fn(graph), sess, test_x)
+    worst = max(d for r in rows for d in r["max_abs_diff"].values())
+    if worst > FP32_TOLERANCE or any(r["argmax_agreement"] < 1 for r in rows):
+        raise DgmError(f"the ONNX graph of {checkpoint} differs from PyTorch (max abs diff {worst:.2e} > "
+                       f"{FP32_TOLERANCE:g}); nothing was registered. Try --opset 18, and report it with the model")
+    card = _card(loaded, graph, options, source, checkpoint)
+    card["test_metrics"] = checks.metrics(checks.predict_all(ort_fn(sess), test_x), test_y)
+    card["parity"] = {"max_abs_diff": worst, "batches": list(checks.PARITY_BATCHES)}
+    files = [_write(fp32, card)]
+    out(f"ONNX Runtime = PyTorch to {worst:.1e} at batches {', '.join(map(str, checks.PARITY_BATCHES))}; "
+        f"test {_fmt(card['test_metrics'])} on {len(test_x):,} images")
+    if options.quantize == "int8":
+        int8 = options.out_dir / "model.int8.onnx"
+        calibration = None if _is_dense(graph) else loaded.train_x[:CALIBRATION_IMAGES]
+        how = quantize_int8(fp32, int8, calibration)
+        card8 = dict(card, quantization=how, parity=None)
+        card8["test_metrics"] = checks.metrics(
+            checks.predict_all(ort_fn(checks.session(int8, [checks.CPU])), test_x), test_y)
+        files.append(_write(int8, card8))
+        out(f"INT8 ({how}): test {_fmt(card8['test_metrics'])}")
+    return {"files": [str(f) for f in files], "card": card, "seconds": round(time.time() - started, 1),
+            "example": test_x[:2]}
+
+
+def _is_dense(graph: torch.nn.Module) -> bool:
+    return not any(isinstance(m, torch.nn.Conv2d) for m in graph.modules())
+
+
+def _card(loaded: Loaded, graph, options: ExportOptions, source: dict[str, Any], checkpoint: Path) -> dict:
+    cfg, spec = loaded.cfg, model_spec(loaded.cfg.model.name)
+    shape = list(loaded.test[0].shape[1:])
+    classes = len(loaded.classes)
+    model = graph.model
+    log_probs_shape = ["batch", classes] if spec.labels == "single" else ["batch", model.digits, classes]
+    outputs = [{"name": "log_probs", "dtype": "float32", "shape": log_probs_shape,
+                "meaning": "log-probability of each class" + ("" if spec.labels == "single" else ", per position")}]
+    if "theta" in graph.outputs:
+        outputs.append({"name": "theta", "dtype": "float32", "shape": ["batch", model.steps, 2, 3],
+                        "meaning": "affine map of each glimpse: output (x, y) in [-1, 1]^2 of the glimpse "
+                                   "samples the image at theta @ (x, y, 1), image corners at +-1 "
+                                   "(align_corners=True)"})
+    return {
+        "format": FORMAT, "model": cfg.model.name, "description": spec.description,
+        "task": spec.labels, "dataset": cfg.data.dataset, "classes": loaded.classes,
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *shape]},
+        "outputs": outputs, "preprocessing": PREPROCESSING, "inference": options.graph.describe(model),
+        "graph_options": asdict(options.graph), "quantization": "none", "opset": options.opset,
+        "metric": spec.main_metric, "test_examples": len(loaded.test[0]),
+        "source": {"checkpoint": str(checkpoint), "epoch": loaded.epoch, **source},
+        "data": to_dict(cfg.data),
+        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
+                          "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def _write(path: Path, card: dict[str, Any]) -> Path:
+    set_card(path, card)
+    card_path = path.with_name(path.name.removesuffix(".onnx") + ".card.json") \
+        if path.name != "model.onnx" else path.with_name("model_card.json")
+    atomic_write(card_path, lambda f: f.write(json.dumps(card, indent=2).encode()))
+    return path
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {100 * v:.2f} %" for k, v in metrics.items())
+
+
+def source_card(card: dict[str, Any]) -> Config:
+    """The data config stored in a card (for `validate`)."""
+    return apply(Config(), {"data": card["data"]}, origin="the model card")

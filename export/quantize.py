@@ -1,0 +1,65 @@
+"""INT8 with ONNX Runtime's quantizer.
+
+- Convolutional models (CNN, CNN-SPN, RNN-SPN): static QDQ, per-channel weights, activation ranges
+  calibrated (MinMax) on training images. GridSample and GRU stay float: ORT has no INT8 kernels
+  for them.
+- Dense models (MLP, M2/ADGM/SDGM): dynamic quantization of the MatMul/Gemm weights; activations
+  are quantized per batch at run time, so no calibration is needed.
+Pre-processing (`quant_pre_process`: shape inference, graph optimisation) comes first, as ORT
+recommends. The accuracy change is checked by `dgm-dist validate`, not assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.graphs import INPUT
+
+
+class _Batches:
+    """The CalibrationDataReader protocol: one input dict per call, None at the end."""
+
+    def __init__(self, images: np.ndarray, batch: int = 50):
+        self.it = iter([{INPUT: images[i:i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None) -> str:
+    """Write the INT8 model of `fp32` to `out`; `calibration` (uint8 images) selects static
+    quantization. Returns a description for the card."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger("root").setLevel(logging.ERROR)      # ORT's quantizer logs to the root logger
+    pre = out.with_name(out.stem + ".pre.onnx")
+    try:
+        # the exporter's intermediate shape annotations can disagree with ONNX's own shape inference
+        # after it folds layers (a ShapeInferenceError in the quantizer): drop them, ORT re-infers
+        model = onnx.load(str(fp32))
+        del model.graph.value_info[:]
+        onnx.save(model, str(pre))
+        quant_pre_process(str(pre), str(pre), skip_symbolic_shape=True)
+        if calibration is None:
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
+            return "int8: dynamic (MatMul/Gemm weights int8, activations quantized per batch)"
+        quantize_static(str(pre), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax)
+        return f"int8: static QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images"
+    finally:
+        for leftover in (pre, Path(str(pre) + ".data"), out.with_name("augmented_model.onnx")):
+            if leftover.exists():
+                os.remove(leftover)
