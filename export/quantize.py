@@ -20,6 +20,10 @@ import onnx
 
 from export.graphs import INPUT
 
+# The layers with weights. Left out on purpose: the element-wise ops of AffineGrid, whose constant
+# base grid (the glimpse's pixel coordinates) would otherwise be rounded to int8 too.
+STATIC_OPS = ("Conv", "Gemm", "MatMul")
+
 
 class _Batches:
     """The CalibrationDataReader protocol: one input dict per call, None at the end."""
@@ -57,7 +61,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None) -> str:
             return "int8: dynamic (MatMul/Gemm weights int8, activations quantized per batch)"
         quantize_static(str(pre), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS))
         return f"int8: static QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images"
     finally:
         for leftover in (pre, Path(str(pre) + ".data"), out.with_name("augmented_model.onnx")):

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from dgm_dist.tracking import TrackingError, quiet_mlflow
+from export.checks import providers_for
+from export.graphs import INPUT
 
 CHAMPION = "champion"
 METRIC_TAG, VALUE_TAG = "dgm.metric", "dgm.metric_value"
@@ -40,7 +42,7 @@ def register(uri: str, experiment: str, onnx_path: Path, card: dict[str, Any], e
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"pixels": example}), strict=True))
+        outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT: example}), strict=True))
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
                               tags={"dgm.source_run": card["source"].get("mlflow_run_id") or "",
                                     "dgm.checkpoint": card["source"]["checkpoint"], "dgm.export": "onnx"}) as run:
@@ -50,8 +52,9 @@ def register(uri: str, experiment: str, onnx_path: Path, card: dict[str, Any], e
             for path in artifacts:
                 mlflow.log_artifact(str(path))
             info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", registered_model_name=name,
-                                         signature=infer_signature(example, outputs), input_example=example,
-                                         save_as_external_data=False,
+                                         signature=infer_signature({INPUT: example}, outputs),
+                                         input_example={INPUT: example}, save_as_external_data=False,
+                                         onnx_execution_providers=providers_for("auto"),
                                          pip_requirements=["onnxruntime==1.31.1", "onnx==1.23.2", "numpy"])
         version = str(info.registered_model_version)
         client.set_model_version_tag(name, version, METRIC_TAG, metric)
@@ -73,7 +76,7 @@ def _crown(client, name: str, version: str, metric: str, value: float) -> bool:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no alias yet
         current = None
-    if current is not None and current.version != version:
+    if current is not None and str(current.version) != version:
         tags = current.tags or {}
         if tags.get(METRIC_TAG) == metric and float(tags.get(VALUE_TAG, "inf")) <= value:
             return False

@@ -81,3 +81,45 @@ def write_chardata(path: Path, images_train: np.ndarray, images_test: np.ndarray
     scipy.io.savemat(str(path), {"data": columns(images_train), "target": onehot(len(images_train)),
                                  "testdata": columns(images_test), "testtarget": onehot(len(images_test))})
     return path
+
+
+def _png_filter(kind: int, row: np.ndarray, previous: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG's row filters (the spec's section 9), applied here to encode; the reader must undo them."""
+    r, p = row.astype(np.int32), previous.astype(np.int32)
+    left = np.concatenate([np.zeros(bpp, np.int32), r[:-bpp]])
+    up_left = np.concatenate([np.zeros(bpp, np.int32), p[:-bpp]])
+    if kind == 0:
+        pred = np.zeros_like(r)
+    elif kind == 1:
+        pred = left
+    elif kind == 2:
+        pred = p
+    elif kind == 3:
+        pred = (left + p) // 2
+    else:
+        est = left + p - up_left
+        pa, pb, pc = abs(est - left), abs(est - p), abs(est - up_left)
+        pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, p, up_left))
+    return ((r - pred) & 0xFF).astype(np.uint8)
+
+
+def write_png(path: Path, image: np.ndarray, filters=(0, 1, 2, 3, 4)) -> Path:
+    """An 8-bit grey (H, W) or RGB/RGBA (H, W, 3|4) PNG, row i filtered with filters[i % len]."""
+    import zlib
+
+    colour = {2: 0, 3: {3: 2, 4: 6, 2: 4}.get(image.shape[-1])}[image.ndim] if image.ndim == 3 else 0
+    bpp = 1 if image.ndim == 2 else image.shape[-1]
+    h, w = image.shape[:2]
+    rows = image.reshape(h, -1)
+    raw, previous = b"", np.zeros(rows.shape[1], np.uint8)
+    for i, row in enumerate(rows):
+        kind = filters[i % len(filters)]
+        raw += bytes([kind]) + _png_filter(kind, row, previous, bpp).tobytes()
+        previous = row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                           + chunk(b"IEND", b""))
+    return Path(path)

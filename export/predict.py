@@ -1,0 +1,220 @@
+"""Edge predictor: classify images with an exported dgm-dist model. Needs only numpy and onnxruntime.
+
+    python -m export.predict MODEL.onnx IMAGE.png|ARRAY.npy [--top K] [--json]
+
+- A PNG (8-bit grey, grey+alpha, RGB or RGBA; decoded here with zlib, no imaging library) must have
+  the model's height and width; colour is converted to grey (ITU-R 601 luma) for grey models.
+- A `.npy` holds one image (H, W[, C]) or a batch (N, H, W[, C]): uint8 pixels 0..255, or floats
+  in [0, 1] (scaled to 0..255 and rounded, as the images were stored in training).
+The model's card (in its ONNX metadata) names the input, the classes and the outputs; sequence
+models print one class per position, and the SPN models also the glimpse boxes (theta).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from export.card import from_metadata
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}          # PNG colour type -> samples per pixel
+
+
+class PredictError(Exception):
+    """A bad model or input; printed as one line, exit status 2."""
+
+
+# ---- input ----------------------------------------------------------------------------------------
+def read_png(path: Path) -> np.ndarray:
+    """8-bit, non-interlaced PNG -> uint8 (H, W) or (H, W, C)."""
+    data = path.read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise PredictError(f"{path}: not a PNG file (give a .png image or a .npy array)")
+    pos, header, idat = 8, None, []
+    try:
+        while pos < len(data):
+            length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            body = data[pos + 8:pos + 8 + length]
+            if kind == b"IHDR":
+                header = struct.unpack(">IIBBBBB", body)
+            elif kind == b"IDAT":
+                idat.append(body)
+            elif kind == b"IEND":
+                break
+            pos += 12 + length
+        width, height, depth, colour, _, _, interlace = header
+        raw = zlib.decompress(b"".join(idat))
+    except (struct.error, TypeError, zlib.error) as e:
+        raise PredictError(f"{path}: a damaged PNG ({e or 'truncated'})") from None
+    if depth != 8 or colour not in CHANNELS or interlace:
+        raise PredictError(f"{path}: only 8-bit, non-interlaced grey/RGB(A) PNGs are read (bit depth {depth}, "
+                           f"colour type {colour}, interlace {interlace}); save it as an 8-bit PNG")
+    channels = CHANNELS[colour]
+    stride = width * channels
+    if len(raw) != height * (stride + 1):
+        raise PredictError(f"{path}: a damaged PNG (pixel data of {len(raw)} bytes for {width}x{height})")
+    rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
+    image = _unfilter(rows[:, 0], rows[:, 1:].astype(np.int32), channels)
+    return image.reshape(height, width, channels).squeeze(-1) if channels == 1 else \
+        image.reshape(height, width, channels)
+
+
+def _unfilter(filters: np.ndarray, rows: np.ndarray, bpp: int) -> np.ndarray:
+    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth)."""
+    out = np.zeros_like(rows)
+    previous = np.zeros(rows.shape[1], np.int32)
+    for i, (f, row) in enumerate(zip(filters, rows, strict=True)):
+        if f in (0, 2):
+            cur = (row + (previous if f == 2 else 0)) & 0xFF
+        elif f in (1, 3, 4):
+            cur = row.copy()
+            for x in range(len(cur)):        # each byte depends on the one bpp to its left
+                left = cur[x - bpp] if x >= bpp else 0
+                up = previous[x]
+                if f == 1:
+                    pred = left
+                elif f == 3:
+                    pred = (left + up) // 2
+                else:
+                    up_left = previous[x - bpp] if x >= bpp else 0
+                    p = left + up - up_left
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                    pred = left if pa <= pb and pa <= pc else (up if pb <= pc else up_left)
+                cur[x] = (cur[x] + pred) & 0xFF
+        else:
+            raise PredictError(f"a damaged PNG (unknown row filter {f})")
+        out[i] = previous = cur
+    return out.astype(np.uint8)
+
+
+def read_array(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise PredictError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(array, np.ndarray):
+        raise PredictError(f"{path}: holds several arrays; save one with numpy.save")
+    return array
+
+
+def to_pixels(array: np.ndarray, shape: list[int], source: str) -> np.ndarray:
+    """An image or batch -> uint8 (N, *shape); one clear error for anything else."""
+    if array.dtype == np.uint8:
+        pixels = array
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise PredictError(f"{source}: holds NaN or infinite values; pixels must be finite")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise PredictError(f"{source}: float pixels must lie in [0, 1] (found {array.min():g}..{array.max():g});"
+                               f" give uint8 0..255 or scale to [0, 1]")
+        pixels = np.rint(array * 255).astype(np.uint8)
+    else:
+        raise PredictError(f"{source}: pixels of dtype {array.dtype}; give uint8 (0..255) or float (0..1)")
+    if pixels.ndim == len(shape) + 1 and len(shape) == 2 and pixels.shape[-1] in (3, 4) \
+            and list(pixels.shape[:2]) == shape:
+        pixels = _grey(pixels)                               # one colour image for a grey model
+    if list(pixels.shape) == shape:
+        pixels = pixels[None]
+    if pixels.ndim != len(shape) + 1 or list(pixels.shape[1:]) != shape or len(pixels) == 0:
+        want = "x".join(map(str, shape))
+        raise PredictError(f"{source}: shape {tuple(pixels.shape)}; the model takes one image of {want} or a "
+                           f"batch (N, {', '.join(map(str, shape))})")
+    return np.ascontiguousarray(pixels)
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    luma = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.rint(luma).clip(0, 255).astype(np.uint8)
+
+
+def load_input(path: Path, shape: list[int]) -> np.ndarray:
+    if not path.is_file():
+        raise PredictError(f"{path}: no such file")
+    array = read_array(path) if path.suffix == ".npy" else read_png(path)
+    return to_pixels(array, shape, str(path))
+
+
+# ---- model ----------------------------------------------------------------------------------------
+class Predictor:
+    """An exported model and its card."""
+
+    def __init__(self, model_path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        if not model_path.is_file():
+            raise PredictError(f"{model_path}: no such model file")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), so, providers=ort.get_available_providers())
+        except Exception as e:  # ORT's InvalidProtobuf, NoSuchFile, Fail ...
+            reason = str(e).splitlines()[0].split(" : ")[-1][:200]
+            raise PredictError(f"{model_path}: not an ONNX model ONNX Runtime can load ({reason})") from None
+        card = from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        if card is None:
+            raise PredictError(f"{model_path}: not a dgm-dist classifier (no model card in its metadata); "
+                               f"export one with `dgm-dist export`")
+        self.card = card
+        self.shape = [int(d) for d in card["input"]["shape"][1:]]
+
+    def predict(self, pixels: np.ndarray, top: int = 3) -> list[dict]:
+        outputs = dict(zip([o.name for o in self.session.get_outputs()],
+                           self.session.run(None, {self.card["input"]["name"]: pixels}), strict=True))
+        probs = np.exp(outputs["log_probs"])
+        classes = self.card["classes"]
+        results = []
+        for i, p in enumerate(probs):
+            positions = p[None] if p.ndim == 1 else p
+            ranked = [[{"class": classes[k], "probability": round(float(row[k]), 6)}
+                       for k in np.argsort(-row)[:top]] for row in positions]
+            item = {"prediction": [r[0]["class"] for r in ranked], "top": ranked}
+            if self.card["task"] == "single":
+                item = {"prediction": item["prediction"][0], "top": ranked[0]}
+            if "theta" in outputs:
+                item["theta"] = outputs["theta"][i].round(5).tolist()
+            results.append(item)
+        return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.predict",
+                                     description="Classify images with a dgm-dist ONNX model (numpy + onnxruntime).")
+    parser.add_argument("model", help="an .onnx file written by dgm-dist export")
+    parser.add_argument("inputs", nargs="+", help="PNG images or .npy arrays (one image or a batch)")
+    parser.add_argument("--top", type=int, default=3, help="classes shown per image or position (default 3)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        predictor = Predictor(Path(args.model), args.threads)
+        results = []
+        for name in args.inputs:
+            pixels = load_input(Path(name), predictor.shape)
+            for j, r in enumerate(predictor.predict(pixels, max(1, args.top))):
+                results.append({"input": name if len(pixels) == 1 else f"{name}[{j}]", **r})
+    except PredictError as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": predictor.card["model"], "dataset": predictor.card["dataset"],
+                          "results": results}, indent=2))
+        return 0
+    for r in results:
+        tops = r["top"] if predictor.card["task"] == "sequence" else [r["top"]]
+        shown = "  |  ".join(", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in pos) for pos in tops)
+        label = " ".join(r["prediction"]) if isinstance(r["prediction"], list) else r["prediction"]
+        print(f"{r['input']}: {label}    ({shown})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
