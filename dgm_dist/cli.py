@@ -436,8 +436,8 @@ def cmd_export(args) -> dict:
             reg = register(uri, cfg.tracking.experiment, path, json.loads(card_path.read_text()), example,
                            name + ("-int8" if int8 else ""), f"export-{run_dir}", [card_path])
             summary["registered"].append(reg)
-            out(f"registered {reg['registered_model']} version {reg['version']}"
-                + (" (alias champion)" if reg["champion"] else " (the champion stays: it is better)"))
+            out(f"registered {reg['registered_model']} version {reg['version']}: "
+                + ("alias champion (" + reg["champion_reason"] + ")" if reg["champion"] else reg["champion_reason"]))
     if not args.json:
         print(f"written: {', '.join(result['files'])}")
         print(f"check it: dgm-dist validate {result['files'][0]}")

@@ -2,8 +2,14 @@
 metrics, latency, and where each node runs.
 
 Parity compares the same function twice: the inference graph in eager PyTorch and its ONNX file in
-ONNX Runtime, on real test images. fp32 on the CPU provider must agree to 1e-5 (max abs difference
-of every output); INT8 is judged by its metrics instead (weights are rounded on purpose).
+ONNX Runtime, on real test images, with the class scores compared as probabilities (a log-probability
+of -12 is stored to 1e-6 in float32; its probability, 6e-6, is what an app reads). fp32 on the CPU
+provider must agree to 1e-5, or, for a model whose own float32 rounding is larger, to 10 times that
+rounding, measured against a float64 run of the same graph. The spatial transformers need this:
+the glimpse moves with theta, and on a trained RNN-SPN theta's last-bit differences (7e-7) change
+probabilities by 1.7e-5 even within PyTorch, while a real export error (a wrong GRU gate, a grid
+off by half a pixel) shows at 1e-3 and above. The argmax must agree everywhere. INT8 is judged by
+its metrics instead (weights are rounded on purpose).
 """
 
 from __future__ import annotations
@@ -64,17 +70,49 @@ def session(path: Path, providers: list[str], threads: int | None = None, profil
         raise DataError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from None
 
 
-def parity(graph_fn: Callable, sess, images: np.ndarray, batches=PARITY_BATCHES) -> list[dict]:
-    """Per batch size: the max abs difference of every output and the argmax agreement."""
+def _compare(names: list[str], ref, got) -> dict[str, float]:
+    """Max abs difference per output; probabilities for `log_probs`."""
+    out = {}
+    for name, r, g in zip(names, ref, got, strict=True):
+        r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        if name == "log_probs":
+            r, g = np.exp(r), np.exp(g)
+        out[name] = float(np.abs(r - g).max())
+    return out
+
+
+def parity(graph, sess, images: np.ndarray, batches=PARITY_BATCHES) -> list[dict]:
+    """Per batch size: the max abs difference of every output between ORT and the graph in
+    PyTorch, PyTorch's own float32 rounding (vs the graph in float64), and the argmax agreement."""
+    import copy
+
+    import torch
+
+    exact = copy.deepcopy(graph).double()
+    names = output_names(sess)
     rows = []
     for b in batches:
         x = images[:b]
-        ref = graph_fn(x)
+        with torch.no_grad():
+            ref = [o.numpy() for o in _outputs(graph(torch.from_numpy(x)))]
+            truth = [o.numpy() for o in _outputs(exact(torch.from_numpy(x)))]
         got = sess.run(None, {INPUT: x})
-        diffs = {name: float(np.abs(r - g).max()) for name, r, g in zip(output_names(sess), ref, got, strict=True)}
-        rows.append({"batch": len(x), "max_abs_diff": diffs,
+        rows.append({"batch": len(x), "max_abs_diff": _compare(names, ref, got),
+                     "float32_rounding": max(_compare(names, truth, ref).values()),
                      "argmax_agreement": float((ref[0].argmax(-1) == got[0].argmax(-1)).mean())})
     return rows
+
+
+def _outputs(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def parity_passes(rows: list[dict], tolerance: float) -> tuple[bool, float, float]:
+    """(passed, worst difference, the tolerance applied: `tolerance`, or 10x PyTorch's float32
+    rounding where that is larger)."""
+    worst = max(d for r in rows for d in r["max_abs_diff"].values())
+    allowed = max(tolerance, 10 * max(r["float32_rounding"] for r in rows))
+    return worst <= allowed and all(r["argmax_agreement"] == 1 for r in rows), worst, allowed
 
 
 def output_names(sess) -> list[str]:

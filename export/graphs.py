@@ -30,53 +30,56 @@ from dgm_dist.models.spn import CNNSPN, RNNSPN
 INPUT = "pixels"
 
 
-def to_unit(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float32 0..1, as `training.data.to_float`."""
-    return pixels.to(torch.float32) / 255.0
+class Graph(nn.Module):
+    """Pixels in, as `training.data.to_float` converts them: uint8 0..255 -> float 0..1. The scale
+    is a buffer, so `.double()` gives the float64 twin that `checks` uses as the exact reference."""
 
-
-class MLPGraph(nn.Module):
-    outputs = ("log_probs",)
-
-    def __init__(self, model: MLPClassifier):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.register_buffer("levels", torch.tensor(255.0), persistent=False)
+
+    def to_unit(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(self.levels.dtype) / self.levels
+
+
+class MLPGraph(Graph):
+    outputs = ("log_probs",)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.classify(to_unit(pixels))
+        return self.model.classify(self.to_unit(pixels))
 
 
-class SequenceGraph(nn.Module):
+class SequenceGraph(Graph):
     """CNN: log-probabilities per position; the SPN models also return theta per step."""
 
     def __init__(self, model: SequenceCNN | CNNSPN | RNNSPN):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.outputs = ("log_probs",) if isinstance(model, SequenceCNN) else ("log_probs", "theta")
 
     def forward(self, pixels: torch.Tensor):
-        x = to_unit(pixels)
+        x = self.to_unit(pixels)
         if isinstance(self.model, SequenceCNN):
             return self.model.classify(x)
         log_probs, theta, _ = self.model.attend(x)
         return log_probs, theta
 
 
-class DGMGraph(nn.Module):
+class DGMGraph(Graph):
     """log q(y|x) of M2/ADGM/SDGM with the noise of a fixed (see the module docstring)."""
 
     outputs = ("log_probs",)
 
     def __init__(self, model: SemiSupervisedDGM, aux: str = "sample", samples: int = 100, seed: int = 0):
-        super().__init__()
-        self.model, self.aux = model, aux if model.has_aux else "none"
+        super().__init__(model)
+        self.aux = aux if model.has_aux else "none"
         draws = torch.randn(samples, 1, model.aux, generator=torch.Generator().manual_seed(seed)) \
             if self.aux == "sample" else torch.zeros(0)
         self.register_buffer("noise", draws)                            # (S, 1, A): shared by the batch
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         m = self.model
-        x = to_unit(pixels).flatten(1)
+        x = self.to_unit(pixels).flatten(1)
         if self.aux == "none":
             return F.log_softmax(m.class_logits(x, None), dim=-1)
         mu, logvar = m.aux_posterior(x)

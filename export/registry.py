@@ -19,7 +19,7 @@ from export.checks import providers_for
 from export.graphs import INPUT
 
 CHAMPION = "champion"
-METRIC_TAG, VALUE_TAG = "dgm.metric", "dgm.metric_value"
+METRIC_TAG, VALUE_TAG, TEST_SET_TAG = "dgm.metric", "dgm.metric_value", "dgm.test_set"
 
 
 def register(uri: str, experiment: str, onnx_path: Path, card: dict[str, Any], example: np.ndarray,
@@ -59,26 +59,30 @@ def register(uri: str, experiment: str, onnx_path: Path, card: dict[str, Any], e
         version = str(info.registered_model_version)
         client.set_model_version_tag(name, version, METRIC_TAG, metric)
         client.set_model_version_tag(name, version, VALUE_TAG, repr(value))
-        champion = _crown(client, name, version, metric, value)
+        client.set_model_version_tag(name, version, TEST_SET_TAG, card["test_set_sha1"])
+        champion, why = _crown(client, name, version, metric, value, card["test_set_sha1"])
     except TrackingError:
         raise
     except Exception as e:  # MLflow raises many types (MlflowException, requests, sqlalchemy)
         raise TrackingError(f"MLflow at {uri} refused the model ({type(e).__name__}: {e}); the ONNX file "
                             f"is written at {onnx_path} and can be registered again with the same command") from None
     return {"run_id": run.info.run_id, "registered_model": name, "version": version,
-            "model_uri": f"models:/{name}/{version}", "champion": champion}
+            "model_uri": f"models:/{name}/{version}", "champion": champion, "champion_reason": why}
 
 
-def _crown(client, name: str, version: str, metric: str, value: float) -> bool:
+def _crown(client, name: str, version: str, metric: str, value: float, tested_on: str) -> tuple[bool, str]:
     """Move `champion` to this version if there is none, or if it is better (lower error) than the
-    current one on the same metric."""
+    current one on the same metric and the same test set. Returns (moved, why)."""
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no alias yet
         current = None
     if current is not None and str(current.version) != version:
         tags = current.tags or {}
-        if tags.get(METRIC_TAG) == metric and float(tags.get(VALUE_TAG, "inf")) <= value:
-            return False
+        if tags.get(TEST_SET_TAG) != tested_on or tags.get(METRIC_TAG) != metric:
+            return False, (f"version {current.version} stays champion: it was tested on another test set or "
+                           f"metric, so the two are not compared (move the alias by hand if this one should serve)")
+        if float(tags.get(VALUE_TAG, "inf")) <= value:
+            return False, f"version {current.version} stays champion: its test {metric} is as good or better"
     client.set_registered_model_alias(name, CHAMPION, version)
-    return True
+    return True, f"test {metric} {value:.4f}" + ("" if current is None else f", better than version {current.version}")

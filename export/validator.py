@@ -2,7 +2,9 @@
 
 1. `onnx.checker` (full check).
 2. ONNX Runtime vs the inference graph in eager PyTorch (rebuilt from the checkpoint the card names)
-   on real test images at batch 1, 7 and 64: fp32 within 1e-5 (1e-3 on CUDA) with identical argmax.
+   on real test images at batch 1, 7 and 64: fp32 within 1e-5 (1e-3 on CUDA) in the class
+   probabilities and theta, or 10x the graph's own float32 rounding where larger (see `checks`),
+   with identical argmax.
 3. The full test set: fp32 metrics equal to PyTorch's; INT8 may lose at most `int8_max_drop` points.
 4. Latency and throughput of ONNX Runtime vs PyTorch eager, batch 1 and 64, same thread count.
 5. Which provider ran each node; with onnxruntime-gpu, a CUDA session that fell back to the CPU, or
@@ -62,18 +64,19 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
     out(f"{path.name}: {card['model']} on {card['dataset']}, {card['quantization']}, providers {used}")
 
     tolerance = CUDA_TOLERANCE if on_cuda else FP32_TOLERANCE
-    rows = checks.parity(torch_fn(graph), sess, x)
-    worst = max(d for r in rows for d in r["max_abs_diff"].values())
+    rows = checks.parity(graph, sess, x)
+    passed, worst, allowed = checks.parity_passes(rows, tolerance)
     agreement = min(r["argmax_agreement"] for r in rows)
     if int8:
         results.append({"check": "INT8 argmax agreement with fp32 PyTorch at batch 1/7/64", "passed": True,
                         "detail": f"{100 * agreement:.1f} % (not required: INT8 is judged on the test set)",
                         "rows": rows})
     else:
-        results.append({"check": f"ORT = PyTorch at batch 1/7/64 (max abs diff <= {tolerance:g}, argmax 100 %)",
-                        "passed": worst <= tolerance and agreement == 1.0,
-                        "detail": f"max abs diff {worst:.2e}, argmax agreement {100 * agreement:.1f} %",
-                        "rows": rows})
+        rounding = max(r["float32_rounding"] for r in rows)
+        results.append({"check": f"ORT = PyTorch at batch 1/7/64 (probabilities and theta within {tolerance:g}, "
+                                 f"or 10x PyTorch's own float32 rounding; argmax 100 %)", "passed": passed,
+                        "detail": f"max abs diff {worst:.2e} (allowed {allowed:.1e}; PyTorch float32 vs float64: "
+                                  f"{rounding:.1e}), argmax agreement {100 * agreement:.1f} %", "rows": rows})
 
     onnx_pred = checks.predict_all(ort_fn(sess), x)
     torch_pred = checks.predict_all(torch_fn(graph), x)

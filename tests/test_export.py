@@ -51,16 +51,19 @@ def bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """IDX files of learnable 'digits' (600 train, 130 test): INT8 damage must show in accuracy."""
-    directory = tmp_path_factory.mktemp("data") / "mnist"
+def write_bars(directory, test_seed: int = 1):
     directory.mkdir()
-    for prefix, n, seed in (("train", 600, 0), ("t10k", 130, 1)):
+    for prefix, n, seed in (("train", 600, 0), ("t10k", 130, test_seed)):
         x, y = bars(n, seed)
         write_idx(directory / f"{prefix}-images-idx3-ubyte", x)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte", y)
     return directory
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """IDX files of learnable 'digits' (600 train, 130 test): INT8 damage must show in accuracy."""
+    return write_bars(tmp_path_factory.mktemp("data") / "mnist")
 
 
 def run(capsys, *args):
@@ -236,6 +239,17 @@ def test_registry_versions_and_the_champion_alias(root, data_dir, capsys, shared
     assert errors[1] < errors[0] == errors[2]
     assert [r["registered"][0]["version"] for r in results] == ["1", "2", "3"]
     assert [r["registered"][0]["champion"] for r in results] == [True, True, False]
+    assert "its test error is as good or better" in results[2]["registered"][0]["champion_reason"]
+    # a perfect model, but measured on another test set: not compared, the champion stays
+    other = write_bars(tmp_path / "other-test", test_seed=5)
+    assert run(capsys, "train", "mlp", "--dataset", "mnist", "--workers", "0", "--epochs", "1", "--run-name", "other",
+               "--set", f"tracking.root={root}", "--data-dir", str(other), *TINY["mlp"],
+               "--set", "data.validation=100")[0] == 0
+    code, summary, err = run(capsys, "export", "other", "--name", "mnist-mlp", "--out", str(tmp_path / "o"),
+                             "--set", f"tracking.root={root}")
+    assert code == 0, err
+    registered = summary["registered"][0]
+    assert not registered["champion"] and "another test set" in registered["champion_reason"]
     client = mlflow.MlflowClient(uri)
     assert str(client.get_model_version_by_alias("mnist-mlp", "champion").version) == "2"
     mlflow.set_tracking_uri(uri)

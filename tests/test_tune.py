@@ -59,6 +59,12 @@ def test_an_asha_study_logs_a_parent_and_finished_children_and_picks_the_best(tm
     assert main(["tune", "report", "three", "--set", f"tracking.root={root}"]) == 0
     table = capsys.readouterr().out
     assert all(t in table for t in final) and f"`{summary['best']['trial_id']}` **best**" in table
+    # `export --study` takes the study's best trial and registers it
+    assert main(["export", "--study", "three", "--set", f"tracking.root={root}", "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["checkpoint"] == parent.data.tags["dgm.best_checkpoint"]
+    assert exported["source"]["study"] == "three" and exported["source"]["mlflow_run_id"] == summary["best"]["run_id"]
+    assert exported["registered"][0]["champion"] and exported["registered"][0]["registered_model"] == "dgm-mlp-mnist"
 
 
 def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, data_dir, capsys):
