@@ -185,7 +185,3 @@ def _write(path: Path, card: dict[str, Any]) -> Path:
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {100 * v:.2f} %" for k, v in metrics.items())
 
-
-def source_card(card: dict[str, Any]) -> Config:
-    """The data config stored in a card (for `validate`)."""
-    return apply(Config(), {"data": card["data"]}, origin="the model card")

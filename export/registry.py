@@ -9,6 +9,7 @@ metric as tags, which is what the champion comparison reads.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,13 @@ def register(uri: str, experiment: str, onnx_path: Path, card: dict[str, Any], e
     value = card["test_metrics"][metric]
     try:
         client = mlflow.MlflowClient(uri)
-        mlflow.set_tracking_uri(uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT: example}), strict=True))
-        with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
-                              tags={"dgm.source_run": card["source"].get("mlflow_run_id") or "",
-                                    "dgm.checkpoint": card["source"]["checkpoint"], "dgm.export": "onnx"}) as run:
+        tags = {"dgm.source_run": card["source"].get("mlflow_run_id") or "",
+                "dgm.checkpoint": card["source"]["checkpoint"], "dgm.export": "onnx"}
+        with fluent_uri(uri), mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
             mlflow.log_params({"model": card["model"], "dataset": card["dataset"], "opset": card["opset"],
                                "quantization": card["quantization"], "inference": card["inference"]})
             mlflow.log_metrics({f"test_{k}": v for k, v in card["test_metrics"].items()})
@@ -68,6 +68,24 @@ def register(uri: str, experiment: str, onnx_path: Path, card: dict[str, Any], e
                             f"is written at {onnx_path} and can be registered again with the same command") from None
     return {"run_id": run.info.run_id, "registered_model": name, "version": version,
             "model_uri": f"models:/{name}/{version}", "champion": champion, "champion_reason": why}
+
+
+@contextmanager
+def fluent_uri(uri: str):
+    """MLflow's fluent API (`start_run`, `log_model`) reads a process-global URI, and setting it also
+    writes MLFLOW_TRACKING_URI into the environment; both are put back exactly as they were (a
+    leaked URI sends later clients in the same process to the wrong store)."""
+    from mlflow.tracking._tracking_service import utils
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with utils._use_tracking_uri(uri):
+            yield
+    finally:
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def _crown(client, name: str, version: str, metric: str, value: float, tested_on: str) -> tuple[bool, str]:

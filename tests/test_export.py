@@ -3,6 +3,7 @@ data (so its outputs are not tied), exported, and checked against PyTorch by rea
 INT8; the model card; the MLflow registry and its `champion` alias."""
 
 import json
+import os
 
 import mlflow
 import mlflow.onnx
@@ -18,6 +19,7 @@ from dgm_dist.models.registry import DataInfo, build_model
 from export.card import from_metadata
 from export.graphs import GraphOptions, build_graph, run_graph
 from export.onnx_file import read_metadata
+from export.registry import fluent_uri
 
 SEQUENCE = {"n_train": 100, "n_valid": 30, "n_test": 70, "valid_digits": 100, "clutter_pool": 500}
 TINY = {
@@ -235,6 +237,7 @@ def test_registry_versions_and_the_champion_alias(root, data_dir, capsys, shared
                                  str(tmp_path / f"{len(results)}"), *common)
         assert code == 0, err
         results.append(summary)
+    assert "MLFLOW_TRACKING_URI" not in os.environ        # registering in-process leaks no global URI
     errors = [r["test_metrics"]["error"] for r in results]
     assert errors[1] < errors[0] == errors[2]
     assert [r["registered"][0]["version"] for r in results] == ["1", "2", "3"]
@@ -252,11 +255,11 @@ def test_registry_versions_and_the_champion_alias(root, data_dir, capsys, shared
     assert not registered["champion"] and "another test set" in registered["champion_reason"]
     client = mlflow.MlflowClient(uri)
     assert str(client.get_model_version_by_alias("mnist-mlp", "champion").version) == "2"
-    mlflow.set_tracking_uri(uri)
-    proto = mlflow.onnx.load_model("models:/mnist-mlp@champion")
+    with fluent_uri(uri):        # models:/ URIs resolve through MLflow's global URI: set, then put back
+        proto = mlflow.onnx.load_model("models:/mnist-mlp@champion")
+        info = mlflow.models.get_model_info("models:/mnist-mlp@champion")
     card = from_metadata({p.key: p.value for p in proto.metadata_props})
     assert card["source"]["checkpoint"] == results[1]["checkpoint"]
-    info = mlflow.models.get_model_info("models:/mnist-mlp@champion")
     assert info.signature.inputs.input_names() == ["pixels"] and info.saved_input_example_info is not None
     run_tags = client.get_run(results[1]["registered"][0]["run_id"]).data.tags
     assert run_tags["dgm.checkpoint"] == results[1]["checkpoint"]
@@ -409,3 +412,16 @@ def test_png_reader_undoes_every_row_filter(tmp_path):
         for filters in [(0,), (1,), (2,), (3,), (4,), (0, 1, 2, 3, 4)]:
             decoded = read_png(write_png(Path(tmp_path / "x.png"), image, filters))
             assert np.array_equal(decoded, image), (shape, filters)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_validate_reports_a_cuda_session_that_fell_back_to_the_cpu(exported, data_dir, trained, monkeypatch, capsys):
+    """Asked for CUDA where ONNX Runtime cannot use it (this CPU build, or onnxruntime-gpu without
+    CUDA 13 libraries), the session silently runs on the CPU: validate fails and says so."""
+    monkeypatch.setenv("DGM_CACHE_DIR", str(trained[1]))
+    code, result, err = run(capsys, "validate", str(exported["mlp"]), "--data-dir", str(data_dir), "--no-latency",
+                            "--provider", "cuda")
+    assert code == 1 and not result["passed"]
+    check = next(c for c in result["checks"] if c["check"] == "CUDA provider in use")
+    assert not check["passed"] and "fell back to the CPU" in check["detail"]
+    assert result["providers"] == ["CPUExecutionProvider"]
