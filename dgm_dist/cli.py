@@ -31,6 +31,9 @@ EXAMPLES = {
             "  dgm-dist tune tune_spaces/spn_downsample.yaml --address auto --concurrent 8\n"
             "  dgm-dist tune tune_spaces/lvae_warmup_bn_cpu.yaml --resume    # after an interruption\n"
             "  dgm-dist tune report lvae_warmup_bn_cpu                      # table and plot again",
+    "pipeline": "  dgm-dist pipeline                                  # quick: about 12 minutes on 2 cores\n"
+                "  dgm-dist pipeline --models ssl,spn --json\n"
+                "  dgm-dist pipeline --preset paper --address auto     # on a GPU cluster (ray submit)",
     "export": "  dgm-dist export rnn-spn-seq3-cpu-20261126-101500            # a run name (its latest checkpoint)\n"
               "  dgm-dist export --study spn_downsample_cpu --quantize int8  # the study's best trial\n"
               "  dgm-dist export 6ca2b55feaf348018f914a2c35bb45ed --aux mean # an MLflow run id; a = mean of q(a|x)",
@@ -164,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_tune)
 
+    p = commands.add_parser("pipeline", help="the main job: studies, best trials, ONNX export, registry, report",
+                            formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["pipeline"],
+                            description="Run the Tune study of each model family (ssl: ADGM/SDGM, lvae: Ladder "
+                                        "VAE, spn: CNN-SPN/RNN-SPN), take each study's best trial, export the "
+                                        "classifiers to ONNX, validate them with ONNX Runtime, register them in "
+                                        "MLflow, and write report.md (tables and plots), logged to the "
+                                        "pipeline's MLflow run. Prints a summary table at the end.")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                   help="quick: small studies, about 12 minutes on 2 CPU cores; paper: the papers' studies on a "
+                        "GPU cluster")
+    p.add_argument("--models", default="ssl,lvae,spn", metavar="LIST", help="families to run (default: ssl,lvae,spn)")
+    p.add_argument("--study-file", action="append", default=[], metavar="FAMILY=FILE",
+                   help="use this study file for a family instead of the preset's (repeatable)")
+    p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="applied to every trial, e.g. --set tracking.root=DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_pipeline)
+
     p = commands.add_parser("export", help="export a trained classifier to ONNX and register it in MLflow",
                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["export"],
                             description="Export a trained classifier (MLP, M2/ADGM/SDGM, CNN, CNN-SPN, RNN-SPN) "
@@ -267,6 +289,7 @@ def cmd_train(args) -> dict:
                "metrics": {k: v for k, v in result.metrics.items() if k != "first_step_at"},
                "checkpoint": result.checkpoint, "mlflow": {"tracking_uri": result.tracking_uri,
                                                           "run_id": result.mlflow_run_id},
+               "tracking_notices": result.tracking_notices, "mlflow_fallback_run_id": result.mlflow_fallback_run_id,
                "seconds": round(result.seconds, 1),
                "startup_seconds": None if result.startup_seconds is None else round(result.startup_seconds, 1)}
     if not args.json:
@@ -455,6 +478,31 @@ def cmd_validate(args) -> dict:
     if not args.json:
         print(format_report(result))
     return result
+
+
+def cmd_pipeline(args) -> dict:
+    from dgm_dist.pipeline import format_table, run_pipeline, summary_rows
+
+    if args.address:
+        import os
+
+        os.environ["RAY_ADDRESS"] = args.address
+    files = {}
+    for item in args.study_file:
+        family, sep, path = item.partition("=")
+        if not sep or not path:
+            raise DgmError(f"--study-file {item!r}: write FAMILY=FILE, e.g. ssl=tune_spaces/quick_ssl.yaml")
+        files[family] = path
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    result = run_pipeline(args.preset, models, files, args.overrides, out=out)
+    rows = summary_rows(result)
+    if not args.json:
+        print(format_table(rows))
+        print(f"{result.name}: {result.seconds / 60:.1f} min; report {result.report} (and MLflow run {result.run_id})")
+    return {"pipeline": result.name, "preset": result.preset, "passed": result.passed, "mlflow_run_id": result.run_id,
+            "tracking_uri": result.tracking_uri, "report": str(result.report), "seconds": round(result.seconds, 1),
+            "families": rows}
 
 
 def cmd_data_list(args) -> dict:

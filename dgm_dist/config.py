@@ -98,6 +98,7 @@ class ScalingConfig:
     cpus_per_worker: float = bounded(1.0, 0.0, open_lo=True)
     address: str | None = None                 # a running Ray cluster; None: start a local one
     max_failures: int = bounded(0, 0)
+    placement_strategy: str = choice("PACK", "PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")  # workers over nodes
     checkpoint_every: int = bounded(1, 1)     # epochs between evaluations + checkpoints
     report_every: int = bounded(1, 1)         # epochs between progress reports (raise it for tiny epochs)
 

@@ -63,6 +63,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"{directory} is not writable; set tracking.root to a writable directory")
 
 
+def fail_fast_http() -> None:
+    """MLflow's HTTP client retries 7 times with backoff and waits 120 s a request by default, which
+    would stall training for minutes when a server goes away; ours give up in seconds (and the
+    tracker queues the call). A user's own settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def quiet_mlflow() -> None:
     # the sqlite store logs every alembic migration at INFO on first use
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
@@ -92,11 +101,21 @@ class RunTracker:
     def __init__(self, uri: str, experiment: str, run_name: str, root: str | Path,
                  params: dict[str, Any], tags: dict[str, str] | None = None, resume_key: str | None = None):
         quiet_mlflow()
+        fail_fast_http()
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
-        self.uri = uri
+        self.uri, self.experiment, self.run_name, self.root, self.params = uri, experiment, run_name, root, params
         self.client = MlflowClient(tracking_uri=uri)
+        self.pending: list[tuple[str, Any]] = []          # calls queued during an outage, in order
+        self.history: list[list] = []                      # every metric batch, for a local fallback
+        self.tags: dict[str, str] = dict(tags or {})
+        self.notices: list[str] = []                       # what the user should hear about tracking
+        self.lost: list[str] = []
+        self.outage_since: float | None = None
+        self.retry_at = 0.0
+        self.fallback_run_id: str | None = None
+        self.say = None                                    # where outage notices are printed as they happen
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
@@ -137,9 +156,55 @@ class RunTracker:
                                         order_by=["attributes.start_time DESC"], max_results=1)
         return found[0] if found else None
 
+    # ---- logging that survives an outage of the tracking server ---------------------------------
+    # Training never waits on MLflow: a failed call is kept in memory and sent again, in order, with
+    # the next call after RETRY_SECONDS. A run that ends while the server is still away writes
+    # everything to the local sqlite store instead and says where (`notices`).
+    RETRY_SECONDS = 20.0
+
+    def _send(self, action: str, call) -> bool:
+        """Run `call` unless the server is in an outage (then queue it); False if it was queued."""
+        if self.pending and not self._flush():
+            self.pending.append((action, call))
+            return False
+        try:
+            call()
+            return True
+        except Exception as e:  # MlflowException, requests' ConnectionError/Timeout, ...
+            self._outage(e)
+            self.pending.append((action, call))
+            return False
+
+    def _flush(self, force: bool = False) -> bool:
+        if not force and time.time() < self.retry_at:
+            return False
+        while self.pending:
+            try:
+                self.pending[0][1]()
+            except Exception as e:  # still away
+                self._outage(e)
+                return False
+            self.pending.pop(0)
+        if self.outage_since is not None:
+            self.notices.append(f"MLflow at {self.uri} is back after {time.time() - self.outage_since:.0f} s; "
+                                f"the metrics kept meanwhile are logged")
+            self.outage_since = None
+        return True
+
+    def _outage(self, error: Exception) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            self.notices.append(f"MLflow at {self.uri} failed ({reason}); training goes on and its metrics are "
+                                f"kept and sent when the server is back")
+            if self.say:
+                self.say(self.notices[-1])
+        self.retry_at = time.time() + self.RETRY_SECONDS
+
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Log one report's numeric metrics at step `epoch`; a repeated epoch (re-run after a restart
-        from an older checkpoint; identical by exact resume) is skipped. Returns whether it logged."""
+        from an older checkpoint; identical by exact resume) is skipped. Returns whether it logged
+        (or queued it during an outage)."""
         from mlflow.entities import Metric
 
         if epoch in self.logged_epochs:
@@ -147,23 +212,55 @@ class RunTracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in sorted(metrics.items())
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self.history.append(batch)
+        self._send(f"metrics of epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=batch))
         self.logged_epochs.add(epoch)
         return True
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if self.pending:           # files may be temporary: not queued; the run says what is missing
+            self.lost.append(str(path))
+            return
+        try:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as e:  # an outage (or a full artifact store)
+            self._outage(e)
+            self.lost.append(str(path))
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+            self._send(f"tag {k}", lambda k=k, v=v: self.client.set_tag(self.run_id, k, v))
 
     def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        self._send("end", lambda: self.client.set_terminated(self.run_id, status=status))
+        if self.pending and not self._flush(force=True):
+            self._write_locally(status)
+        if self.lost:
+            self.notices.append(f"not logged to MLflow (the server was away): {', '.join(self.lost)}")
+
+    def _write_locally(self, status: str) -> None:
+        """The server is still away at the end: params, every metric, tags and status go to a run in
+        the local sqlite store, so nothing is lost; `notices` says where."""
+        local = f"sqlite:///{Path(self.root).expanduser().resolve() / 'mlflow.db'}"
+        try:
+            fallback = RunTracker(local, self.experiment, self.run_name, self.root, self.params,
+                                  tags={**self.tags, "dgm.tracking_fallback": f"{self.uri} unreachable; run "
+                                        f"{self.run_id} there is incomplete"})
+            for batch in self.history:
+                fallback.client.log_batch(fallback.run_id, metrics=batch)
+            fallback.client.set_terminated(fallback.run_id, status=status)
+        except Exception as e:  # the local disk failed too: say so, the checkpoints are still there
+            self.notices.append(f"MLflow at {self.uri} stayed away and the local store failed too "
+                                f"({type(e).__name__}: {e}); the run's checkpoints hold its results")
+            return
+        self.notices.append(f"MLflow at {self.uri} stayed away until the end: this run's params, metrics and "
+                            f"status were written to the local store {local}, run {fallback.run_id}")
+        self.fallback_run_id = fallback.run_id
 
 
 def learning_curve(history: list[dict[str, float]], path: Path) -> Path:

@@ -42,10 +42,13 @@ class TrainResult:
     seconds: float = 0.0
     startup_seconds: float | None = None
     replayed_epochs: list[int] = field(default_factory=list)   # re-run after worker-group restarts
+    tracking_notices: list[str] = field(default_factory=list)   # MLflow outages and where metrics went
+    mlflow_fallback_run_id: str | None = None                   # a run in the local store, if the server stayed away
 
 
 def storage_path(cfg: Config) -> str:
-    path = cfg.tracking.storage_path or str(Path(cfg.tracking.root) / "ray")
+    # DGM_STORAGE_PATH: a cluster's shared storage (cluster.yaml sets it on every node)
+    path = cfg.tracking.storage_path or os.environ.get("DGM_STORAGE_PATH") or str(Path(cfg.tracking.root) / "ray")
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
@@ -126,6 +129,7 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
             f"{cfg.scaling.workers or 'in-process'} worker(s); MLflow run {tracker.run_id}{again} at {uri}")
     from dgm_dist.training.progress import RunMonitor
 
+    tracker.say = out                      # an MLflow outage is reported as it happens
     monitor = RunMonitor(cfg.optim.epochs, started, log=tracker.log_epoch, out=out)
     status = "FAILED"
     restore = _sigterm_as_interrupt()
@@ -144,11 +148,16 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
         raise
     finally:
         restore()
+        said = len(tracker.notices)
         tracker.end(status)
+        for notice in tracker.notices[said:]:
+            if out:
+                out(notice)
     return TrainResult(run_name=run_name, metrics=result, checkpoint=monitor.latest_checkpoint, tracking_uri=uri,
                        mlflow_run_id=tracker.run_id, storage_path=storage, history=monitor.history,
                        seconds=time.time() - started, startup_seconds=monitor.startup_seconds,
-                       replayed_epochs=monitor.replayed)
+                       replayed_epochs=monitor.replayed, tracking_notices=list(tracker.notices),
+                       mlflow_fallback_run_id=tracker.fallback_run_id)
 
 
 def _sigterm_as_interrupt():
@@ -220,7 +229,8 @@ def make_trainer(cfg: Config, run_name: str, storage: str, loop_config: dict[str
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.scaling.placement_strategy),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage, callbacks=callbacks,
             worker_runtime_env={"env_vars": worker_env()},
@@ -257,7 +267,9 @@ class RaySession:
                                   "logging_level": logging.INFO if self.verbose else logging.WARNING}
         try:
             if address:
-                ray.init(address=address, **kwargs)
+                # submit.py on a node where the project is not installed: ship its packages to the workers
+                modules = [m for m in os.environ.get("DGM_PY_MODULES", "").split(os.pathsep) if m]
+                ray.init(address=address, runtime_env={"py_modules": modules} if modules else None, **kwargs)
             else:
                 # Ray Train's placement-group cleaner, inside a worker, finds its cluster by
                 # RAY_ADDRESS or by scanning the machine, which fails when another Ray runs here;
@@ -266,7 +278,9 @@ class RaySession:
                 previous = os.environ.get("RAY_GCS_SERVER_PORT")
                 os.environ["RAY_GCS_SERVER_PORT"] = str(port)
                 try:
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=self.dashboard, dashboard_host="127.0.0.1",
+                    # address="local": a new Ray, even where `ray start` left a cluster running here
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=self.dashboard,
+                             dashboard_host="127.0.0.1",
                              resources=self.resources, runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}},
                              **kwargs)
                 finally:

@@ -61,6 +61,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = state.load(checkpoint_dir)
             start_epoch, step = state.restore(saved, model, optimizer, generators={})
             best = saved["extra"].get("best")
+            last = saved["extra"].get("metrics") or {}
+            if start_epoch >= cfg.optim.epochs or last.get("stopped_early"):
+                # the run had finished when its driver died (a Tune driver killed after the last
+                # checkpoint, before Tune recorded the trial as done): report its final result again,
+                # so the restarted driver sees it, instead of reporting nothing
+                again = None
+                if rank == 0:
+                    again = _checkpoint_dir(local_dir, start_epoch - 1)
+                    shutil.copytree(checkpoint_dir, again, dirs_exist_ok=True)
+                _report(dict(last), again, config)
+                return
 
     # ---- epochs ---------------------------------------------------------------------------------
     first_step_at, first_step_reported, out_of_time, report_due = None, False, False, True

@@ -1,0 +1,233 @@
+"""`dgm-dist pipeline`: the main job. For each chosen model family, run its Tune study, take the best
+trial, and for the classifiers export it to ONNX, validate it with ONNX Runtime and register it in
+MLflow; then write one report (the studies' tables and plots, the exported models) and log it to the
+pipeline's own MLflow run.
+
+Like the CLI, this module composes the framework with `export/` (imported lazily, inside the run);
+nothing else in `dgm_dist` imports `export`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dgm_dist.errors import ConfigError
+
+FAMILIES = ("ssl", "lvae", "spn")
+CLASSIFIERS = ("ssl", "spn")            # LVAE studies report a likelihood; there is no classifier to export
+PRESETS = {
+    "quick": {"ssl": "quick_ssl.yaml", "lvae": "quick_lvae.yaml", "spn": "quick_spn.yaml"},
+    "paper": {"ssl": "ssl_warmup_bn.yaml", "lvae": "lvae_warmup_bn.yaml", "spn": "spn_downsample.yaml"},
+}
+DESCRIPTIONS = {"quick": "small studies on Fashion-MNIST, about 12 minutes on 2 CPU cores",
+                "paper": "the papers' studies, for a GPU cluster (hours)"}
+
+
+def spaces_dir() -> Path:
+    """`tune_spaces/` of the source tree this package runs from (an editable install or a clone);
+    else of the working directory."""
+    here = Path(__file__).resolve().parents[1] / "tune_spaces"
+    return here if here.is_dir() else Path("tune_spaces").resolve()
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    study: str
+    parent_run_id: str | None = None
+    best: dict[str, Any] | None = None
+    metric: str = ""
+    trials: int = 0
+    seconds: float = 0.0
+    export: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    report: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    preset: str
+    run_id: str
+    tracking_uri: str
+    report: Path
+    families: list[FamilyResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(f.error is None for f in self.families)
+
+
+def study_files(preset: str, models: list[str], files: dict[str, str]) -> dict[str, Path]:
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: choose {' or '.join(PRESETS)}")
+    unknown = [m for m in [*models, *files] if m not in FAMILIES]
+    if unknown:
+        raise ConfigError(f"model family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
+    chosen = {m: Path(files[m]) if m in files else spaces_dir() / PRESETS[preset][m] for m in models}
+    for family, path in chosen.items():
+        if not path.is_file():
+            raise ConfigError(f"the {family} study file {path} is missing; run from a clone of dgm-dist (its "
+                              f"tune_spaces/) or pass --study-file {family}=FILE")
+    return chosen
+
+
+def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dict[str, str] | None = None,
+                 overrides: list[str] = (), export_options: dict[str, Any] | None = None,
+                 out=print) -> PipelineResult:
+    """Run the studies one after another, then export, validate and register their best classifiers."""
+    from dgm_dist.tracking import RunTracker, check_reachable, resolve_uri
+    from dgm_dist.tuning.space import load_study
+    from dgm_dist.tuning.study import run_study
+
+    started = time.time()
+    paths = study_files(preset, list(models), files or {})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"pipeline-{preset}-{stamp}"
+    studies = {f: load_study(p, overrides=list(overrides)) for f, p in paths.items()}   # all checked first
+    cfg = next(iter(studies.values())).base_config
+    uri = resolve_uri(cfg.tracking)
+    check_reachable(uri)
+    root = Path(cfg.tracking.root)
+    tracker = RunTracker(uri, cfg.tracking.experiment, name, root,
+                         {"pipeline.preset": preset, "pipeline.models": ",".join(paths),
+                          **{f"pipeline.study.{f}": str(p) for f, p in paths.items()}},
+                         tags={"dgm.pipeline": name})
+    result = PipelineResult(name, preset, tracker.run_id, uri, root / "pipelines" / name / "report.md")
+    out(f"{name}: {', '.join(paths)} ({DESCRIPTIONS[preset]}); MLflow run {tracker.run_id}")
+    status = "FAILED"
+    try:
+        for family, study in studies.items():
+            study = dataclasses.replace(study, name=f"{study.name}-{stamp}")   # never collides with an earlier run
+            fam = FamilyResult(family, study.name, metric=study.metric)
+            result.families.append(fam)
+            out(f"[{family}] study {study.name}: {study.trials_planned()} trials")
+            t = time.time()
+            done = run_study(study, out=out)
+            fam.parent_run_id, fam.best, fam.trials = done.parent_run_id, done.best, len(done.trials)
+            fam.seconds = time.time() - t
+            fam.report = str(root / "studies" / study.name / "report.md")
+            tracker.set_tags({f"dgm.study.{family}": done.parent_run_id})
+            if done.interrupted:
+                raise KeyboardInterrupt
+            if not done.best:
+                fam.error = "no trial finished"
+                continue
+            if family in CLASSIFIERS:
+                _export_and_validate(fam, uri, cfg, root / "exports" / name / family, export_options or {}, out)
+        result.seconds = time.time() - started
+        _write_report(result, root)
+        tracker.log_artifact(result.report.parent, "report")
+        tracker.client.log_batch(tracker.run_id, metrics=_summary_metrics(result))
+        status = "FINISHED" if result.passed else "FAILED"
+    finally:
+        tracker.end(status)
+    return result
+
+
+def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, options: dict, out) -> None:
+    from dgm_dist.training.launcher import storage_path
+    from dgm_dist.training.reevaluate import find_checkpoint, load_trained
+    from export.exporter import ExportOptions, export_checkpoint
+    from export.graphs import GraphOptions
+    from export.registry import register
+    from export.validator import format_report, validate_model
+
+    checkpoint = find_checkpoint(fam.best["checkpoint"], storage_path(cfg))
+    model = load_trained(checkpoint)[1]
+    graph = GraphOptions(aux=getattr(model, "predict", "sample"), samples=getattr(model, "eval_samples", 100))
+    source = {"mlflow_run_id": fam.best["run_id"], "study": fam.study, "trial": fam.best["trial_id"]}
+    exported = export_checkpoint(checkpoint, ExportOptions(out_dir, graph=graph, **options), source, out)
+    card = exported["card"]
+    name = f"dgm-{card['model'].replace('_', '-')}-{card['dataset']}"
+    registered = register(uri, cfg.tracking.experiment, Path(exported["files"][0]), card, exported["example"],
+                          name, f"export-{fam.study}", [out_dir / "model_card.json"])
+    out(f"[{fam.family}] registered {name} version {registered['version']}"
+        + (" (champion)" if registered["champion"] else f": {registered['champion_reason']}"))
+    validation = validate_model(Path(exported["files"][0]), out=out)
+    out("\n".join(f"[{fam.family}] {line}" for line in format_report(validation).splitlines()))
+    fam.export = {"file": exported["files"][0], "card": card, "registered": registered}
+    fam.validation = {k: validation[k] for k in ("passed", "checks", "latency", "test_metrics")}
+    if not validation["passed"]:
+        fam.error = "validation failed: " + "; ".join(c["check"] for c in validation["checks"] if not c["passed"])
+
+
+def _summary_metrics(result: PipelineResult):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    rows = [Metric("pipeline_seconds", result.seconds, now, 0)]
+    for f in result.families:
+        if f.best and isinstance(f.best["metrics"].get(f.metric), float):
+            rows.append(Metric(f"{f.family}_best_{f.metric}", f.best["metrics"][f.metric], now, 0))
+    return rows
+
+
+def summary_rows(result: PipelineResult) -> list[dict[str, Any]]:
+    """One row per family: the best trial, its test figure, the exported model."""
+    rows = []
+    for f in result.families:
+        best = f.best or {}
+        metrics = best.get("metrics", {})
+        test = next((k for k in ("test_error", "test_per_digit_error", "test_iw_ll") if k in metrics), None)
+        row = {"family": f.family, "study": f.study, "trials": f.trials, "minutes": round(f.seconds / 60, 1),
+               "best": ", ".join(f"{k}={v}" for k, v in best.get("params", {}).items()),
+               "test_metric": test, "test_value": metrics.get(test) if test else None, "error": f.error}
+        if f.export:
+            latency = {r["batch"]: r["speedup"] for r in f.validation["latency"] or []}
+            row.update(onnx=f.export["file"], registered=f"{f.export['registered']['registered_model']} "
+                       f"v{f.export['registered']['version']}", validated=f.validation["passed"],
+                       ort_speedup_batch_1=latency.get(1), ort_speedup_batch_64=latency.get(64))
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = "| family | study | trials | minutes | best trial | test | ONNX (validated) | ORT vs PyTorch, batch 1 / 64 |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        value = r["test_value"]
+        test = "–" if value is None else (f"{r['test_metric']} {100 * value:.2f} %" if "error" in r["test_metric"]
+                                         else f"{r['test_metric']} {value:.2f}")
+        onnx = "–" if "onnx" not in r else f"{r['registered']} ({'passed' if r['validated'] else 'FAILED'})"
+        speed = "–" if r.get("ort_speedup_batch_1") is None else \
+            f"{r['ort_speedup_batch_1']:.2f}× / {r['ort_speedup_batch_64']:.2f}×"
+        lines.append(f"| {r['family']} | `{r['study']}` | {r['trials']} | {r['minutes']} | {r['best'] or '–'} | "
+                     f"{test} | {onnx} | {speed} |")
+    return "\n".join(lines)
+
+
+def _write_report(result: PipelineResult, root: Path) -> None:
+    """report.md with the summary and each study's report (tables and plots copied beside it)."""
+    out = result.report.parent
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# {result.name}", "", f"Preset `{result.preset}`: {DESCRIPTIONS[result.preset]}. "
+          f"{result.seconds / 60:.1f} minutes. MLflow run `{result.run_id}` at `{result.tracking_uri}`.", "",
+          format_table(summary_rows(result)), ""]
+    for f in result.families:
+        md += [f"## {f.family}: `{f.study}`", ""]
+        study_dir = root / "studies" / f.study
+        if (study_dir / "report.md").exists():
+            text = (study_dir / "report.md").read_text().split("\n", 1)[1]      # without its title
+            if (study_dir / "report.png").exists():
+                shutil.copy(study_dir / "report.png", out / f"{f.family}.png")
+                text = text.replace("(report.png)", f"({f.family}.png)")
+            md += [text.strip(), ""]
+        if f.export:
+            card = f.export["card"]
+            md += [f"Exported `{f.export['file']}`: {card['model']} on {card['dataset']}, {card['inference']}; "
+                   f"test {json.dumps(card['test_metrics'])} (ONNX Runtime, full test set); registered "
+                   f"`{f.export['registered']['model_uri']}`.", ""]
+            md += [f"- {'PASS' if c['passed'] else 'FAIL'} {c['check']}" + (f": {c['detail']}" if "detail" in c else "")
+                   for c in f.validation["checks"]] + [""]
+        if f.error:
+            md += [f"**{f.error}**", ""]
+    result.report.write_text("\n".join(md))
