@@ -27,7 +27,7 @@ fashion-mnist:
 
 # The main job on the embedded default (a local Ray started for each study, MLflow in runs/mlflow.db):
 # the quick pipeline, three small Tune studies, the best classifiers exported to ONNX, validated
-# and registered, and a report (about 12 minutes on 2 cores).
+# and registered, and a report (about 8 minutes on 2 cores).
 run: setup fashion-mnist
 	$(VENV)/bin/dgm-dist pipeline --preset quick
 

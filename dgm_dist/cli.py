@@ -31,7 +31,7 @@ EXAMPLES = {
             "  dgm-dist tune tune_spaces/spn_downsample.yaml --address auto --concurrent 8\n"
             "  dgm-dist tune tune_spaces/lvae_warmup_bn_cpu.yaml --resume    # after an interruption\n"
             "  dgm-dist tune report lvae_warmup_bn_cpu                      # table and plot again",
-    "pipeline": "  dgm-dist pipeline                                  # quick: about 12 minutes on 2 cores\n"
+    "pipeline": "  dgm-dist pipeline                                  # quick: about 8 minutes on 2 cores\n"
                 "  dgm-dist pipeline --models ssl,spn --json\n"
                 "  dgm-dist pipeline --preset paper --address auto     # on a GPU cluster (ray submit)",
     "export": "  dgm-dist export rnn-spn-seq3-cpu-20261126-101500            # a run name (its latest checkpoint)\n"
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "MLflow, and write report.md (tables and plots), logged to the "
                                         "pipeline's MLflow run. Prints a summary table at the end.")
     p.add_argument("--preset", choices=["quick", "paper"], default="quick",
-                   help="quick: small studies, about 12 minutes on 2 CPU cores; paper: the papers' studies on a "
+                   help="quick: small studies, about 8 minutes on 2 CPU cores; paper: the papers' studies on a "
                         "GPU cluster")
     p.add_argument("--models", default="ssl,lvae,spn", metavar="LIST", help="families to run (default: ssl,lvae,spn)")
     p.add_argument("--study-file", action="append", default=[], metavar="FAMILY=FILE",

@@ -425,3 +425,18 @@ def test_validate_reports_a_cuda_session_that_fell_back_to_the_cpu(exported, dat
     check = next(c for c in result["checks"] if c["check"] == "CUDA provider in use")
     assert not check["passed"] and "fell back to the CPU" in check["detail"]
     assert result["providers"] == ["CPUExecutionProvider"]
+
+
+def test_export_fetches_a_checkpoint_from_remote_storage(shared_cache, root, data_dir, capsys, tmp_path):
+    """On a cluster the best trial's checkpoint lives in s3://; a file:// URI takes the same path
+    (Ray Train's storage layer over pyarrow)."""
+    from dgm_dist.training.reevaluate import find_checkpoint
+
+    local = find_checkpoint(shared_cache["mlp"], str(root / "ray"))
+    code, summary, err = run(capsys, "export", local.as_uri(), "--set", f"tracking.root={root}",
+                             "--data-dir", str(data_dir), "--no-register", "--out", str(tmp_path))
+    assert code == 0, err
+    assert summary["checkpoint"] != str(local) and (tmp_path / "model.onnx").is_file()
+    code, _, err = run(capsys, "export", "file:///no/such/checkpoint", "--set", f"tracking.root={root}",
+                       "--no-register")
+    assert code == 2 and "cannot fetch the checkpoint file:///no/such/checkpoint" in err

@@ -39,7 +39,7 @@ def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_p
         "ssl": study(tmp_path, "tiny_ssl", "adgm", {**mnist, "data.labels": 100, "model.hidden": [16],
                                                       "model.latent": [4], "model.aux": 4, "model.eval_samples": 5},
                      {"model.name": {"grid": ["adgm", "sdgm"]}}, {"x": "model.name", "y": "test_error"}),
-        "lvae": study(tmp_path, "tiny_lvae", "lvae", {**mnist, "model.hidden": [8], "model.latent": [4, 2],
+        "lvae": study(tmp_path, "tiny_lvae", "lvae", {**mnist, "model.hidden": [8, 8], "model.latent": [4, 2],
                                                         "model.iw_samples": 2},
                       {"optim.warmup_epochs": {"grid": [0]}}, {"x": "optim.warmup_epochs", "y": "test_iw_ll"},
                       metric="valid_iw_ll"),

@@ -22,6 +22,8 @@ from dgm_dist.training import state
 def find_checkpoint(target: str, storage_path: str, tracking_uri: str | None = None) -> Path:
     """A checkpoint directory, a run name under the storage path (its latest checkpoint), or an MLflow
     run id (its `dgm.checkpoint` tag)."""
+    if "://" in target:                      # a cluster's shared storage (s3://...): fetch it here
+        return _download(target)
     path = Path(target).expanduser()
     if (path / state.STATE_FILE).exists():
         return path
@@ -41,6 +43,24 @@ def find_checkpoint(target: str, storage_path: str, tracking_uri: str | None = N
             return Path(tag)
     raise DataError(f"no checkpoint found for '{target}': give a checkpoint directory, a run name under "
                     f"{storage_path}, or an MLflow run id of a finished run")
+
+
+def _download(uri: str) -> Path:
+    """A checkpoint in remote storage, copied to a local directory (Ray Train's storage layer, so
+    any filesystem pyarrow reads: s3://, gs://, ...)."""
+    import tempfile
+
+    import ray.train
+
+    local = Path(tempfile.mkdtemp(prefix="dgm-checkpoint-"))
+    try:
+        ray.train.Checkpoint(path=uri).to_directory(str(local))
+    except Exception as e:  # pyarrow raises OSError/ArrowInvalid for a missing path or no credentials
+        raise DataError(f"cannot fetch the checkpoint {uri} ({type(e).__name__}: {e}); check the path and "
+                        f"this machine's credentials for that storage") from None
+    if not (local / state.STATE_FILE).exists():
+        raise DataError(f"{uri}: no {state.STATE_FILE} in it; not a dgm-dist checkpoint")
+    return local
 
 
 def load_trained(checkpoint: Path) -> tuple[Config, torch.nn.Module, dict[str, Any]]:
