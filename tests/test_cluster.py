@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,11 @@ def _stop(port: int) -> None:
     _, alive = psutil.wait_procs(procs, timeout=15)
     for p in alive:
         p.kill()
+    # `ray start` recorded this cluster as the machine's current one; a later bare ray.init() would
+    # try to join it (what `ray stop` cleans up)
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink()
 
 
 def test_ddp_across_two_nodes_matches_a_single_node_run(two_nodes, tmp_path):

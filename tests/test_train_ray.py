@@ -32,7 +32,7 @@ TIMING_KEYS = ("epoch_seconds", "throughput", "first_step_at")
 def local_ray():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
