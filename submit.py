@@ -37,9 +37,21 @@ def find_project() -> None:
     os.environ["DGM_PY_MODULES"] = os.pathsep.join(str(source / p) for p in PACKAGES)
 
 
+def cluster_address() -> str:
+    """The cluster `ray start --head` started on this node (it records its address), else "auto".
+    "auto" alone picks the newest Ray on the machine, which need not be the cluster's."""
+    import tempfile
+
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        return record.read_text().strip() or "auto"
+    except OSError:
+        return "auto"
+
+
 def main() -> int:
     find_project()
-    os.environ.setdefault("RAY_ADDRESS", "auto")       # join the cluster this head runs
+    os.environ.setdefault("RAY_ADDRESS", cluster_address())    # join the cluster this head runs
     from dgm_dist.cli import main as dgm_dist
 
     return dgm_dist(sys.argv[1:])

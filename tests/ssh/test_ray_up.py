@@ -1,0 +1,107 @@
+"""Opt-in (DGM_SSH_TESTS=1, as root on a Debian machine): the cluster launcher end to end with the
+local provider over SSH to 127.0.0.1 — `ray up`, `ray submit cluster.yaml submit.py -- train ...`,
+`ray down` — as a user would run them against a real cluster (stack.md 5.5).
+
+What it sets up, idempotently (it changes the machine; that is why it is opt-in):
+- Debian packages openssh-server, rsync, python3-venv;
+- a user `dgmray` whose login shell finds a venv built from the system Python with the project
+  installed (`pip install torch==2.13.0`, then `-e ~/dgm-dist[cpu]`; ~/dgm-dist is what `ray up`
+  copies there through file_mounts), and RAY_ADDRESS pointing at the cluster it starts;
+- an sshd on 127.0.0.1:22 with its own host key, key-only login for that user.
+It needs port 22 on 127.0.0.1 free (or already that sshd) and network access to a package index.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+USER, HOME = "dgmray", Path("/home/dgmray")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def sh(*cmd, check=True, timeout=900, **kw):
+    done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and done.returncode:
+        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done
+
+
+def as_user(script: str, timeout=900):
+    return sh("runuser", "-u", USER, "--", "bash", "-c", script, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ssh_node(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("DGM_SSH_TESTS=1 needs root: it installs sshd and creates a user")
+    work = tmp_path_factory.mktemp("sshd")
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which("rsync"):
+        sh("apt-get", "install", "-y", "-q", "openssh-server", "rsync", "python3-venv",
+           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if sh("id", USER, check=False).returncode:
+        sh("useradd", "-m", "-s", "/bin/bash", USER)
+    sh("usermod", "-p", "*", USER)                         # no password, but not locked (key login)
+    if not (HOME / "venv" / "bin" / "ray").exists():
+        as_user("/usr/bin/python3 -m venv ~/venv && ~/venv/bin/pip install -q 'ray[default]==2.60.0'")
+    bashrc = HOME / ".bashrc"
+    if "dgm-dist-env" not in bashrc.read_text():
+        # first in the file: Debian's .bashrc returns early for non-interactive shells
+        bashrc.write_text("# dgm-dist-env\nexport PATH=$HOME/venv/bin:$PATH\nexport RAY_AUTH_MODE=disabled\n"
+                          + bashrc.read_text())
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "host_key"))
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "client_key"))
+    ssh_dir = HOME / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text((work / "client_key.pub").read_text())
+    sh("chown", "-R", f"{USER}:{USER}", str(ssh_dir))
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    (work / "sshd_config").write_text(
+        f"Port 22\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nPidFile {work}/sshd.pid\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        f"PermitRootLogin no\nAllowUsers {USER}\nUsePAM no\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    sh("/usr/sbin/sshd", "-f", str(work / "sshd_config"))
+    time.sleep(1)
+    yield work
+    pid = (work / "sshd.pid").read_text().strip() if (work / "sshd.pid").exists() else None
+    if pid:
+        sh("kill", pid, check=False)
+
+
+def test_ray_up_submit_down_over_ssh(ssh_node):
+    work = ssh_node
+    (work / "local.yaml").write_text(f"""
+cluster_name: dgm-local-smoke
+provider: {{type: local, head_ip: 127.0.0.1, worker_ips: []}}
+auth: {{ssh_user: {USER}, ssh_private_key: {work}/client_key}}
+max_workers: 0
+file_mounts: {{"~/dgm-dist": "{ROOT}"}}
+rsync_exclude: ["**/.git/**", "**/.venv/**", "**/runs/**", "**/__pycache__/**"]
+setup_commands:
+  - python -c "import dgm_dist" 2>/dev/null || (pip install -q torch==2.13.0 && pip install -q -e "$HOME/dgm-dist[cpu]")
+head_start_ray_commands:
+  - ray stop
+  - grep -q RAY_ADDRESS ~/.bashrc || echo "export RAY_ADDRESS=$(hostname -I | awk '{{print $1}}'):6390" >> ~/.bashrc
+  - ray start --head --port=6390 --num-cpus=2 --autoscaling-config=~/ray_bootstrap_config.yaml
+worker_start_ray_commands:
+  - ray stop
+  - ray start --address=$RAY_HEAD_IP:6390
+""")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    config = str(work / "local.yaml")
+    sh(RAY, "up", "-y", "--no-config-cache", config, env=env, timeout=1200)
+    try:
+        done = sh(RAY, "submit", config, str(ROOT / "submit.py"), "--", "train", "mlp-fashion", "--workers", "1",
+                  "--epochs", "1", "--set", "data.validation=50000", env=env)
+        assert "epoch 1/1" in done.stdout and "done in" in done.stdout and "test_error" in done.stdout
+        assert (HOME / "runs" / "mlflow.db").exists()           # tracked on the head, as the user
+    finally:
+        sh(RAY, "down", "-y", config, env=env, check=False)
+    # `ray down` stopped the cluster: no Ray process of the user's is left
+    assert sh("pgrep", "-u", USER, "raylet", check=False).returncode == 1
