@@ -66,6 +66,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _add_set_and_json(p: argparse.ArgumentParser, what: str = "tracking settings") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"{what}, e.g. --set tracking.root=DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgm-dist", formatter_class=_formatter,
@@ -144,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iw-samples", type=int, metavar="K", help="importance samples (VAE models)")
     p.add_argument("--split", default="test", help="test or valid (default: test)")
     p.add_argument("--batch-size", type=int, default=100, metavar="B", help="examples per batch (default 100)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="tracking settings, e.g. --set tracking.root=DIR")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_set_and_json(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("tune", help="run a Ray Tune study (tune_spaces/*.yaml), or report one",
@@ -162,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="tracking settings, e.g. --set tracking.root=DIR")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_set_and_json(p)
     p.set_defaults(func=cmd_tune)
 
     p = commands.add_parser("pipeline", help="the main job: studies, best trials, ONNX export, registry, report",
@@ -181,9 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-file", action="append", default=[], metavar="FAMILY=FILE",
                    help="use this study file for a family instead of the preset's (repeatable)")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="applied to every trial, e.g. --set tracking.root=DIR")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_set_and_json(p, "applied to every trial")
     p.set_defaults(func=cmd_pipeline)
 
     p = commands.add_parser("export", help="export a trained classifier to ONNX and register it in MLflow",
@@ -206,9 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NAME", help="registered model name (default: dgm-<model>-<dataset>)")
     p.add_argument("--no-register", action="store_true", help="write the files only; nothing to MLflow")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="tracking settings, e.g. --set tracking.root=DIR")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_set_and_json(p)
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("validate", help="check an exported ONNX model against PyTorch; time it",
@@ -425,8 +423,6 @@ def _export_source(args, cfg, uri: str) -> tuple[Path, dict]:
 def cmd_export(args) -> dict:
     from dgm_dist.config import load_config
     from dgm_dist.tracking import check_reachable, resolve_uri
-    from dgm_dist.training.reevaluate import load_trained
-
     if args.samples is not None and args.samples < 1:
         raise DgmError("--samples must be >= 1")
     cfg = load_config(overrides=args.overrides)
@@ -437,8 +433,7 @@ def cmd_export(args) -> dict:
     from export.exporter import ExportOptions, export_checkpoint
     from export.graphs import GraphOptions
 
-    trained = load_trained(checkpoint)[0].model
-    graph = GraphOptions(aux=args.aux or trained.predict, samples=args.samples or trained.eval_samples)
+    graph = GraphOptions(aux=args.aux, samples=args.samples)       # None: the run's own settings
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
     out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print

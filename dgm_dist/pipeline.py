@@ -136,17 +136,14 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
 
 def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, options: dict, out) -> None:
     from dgm_dist.training.launcher import storage_path
-    from dgm_dist.training.reevaluate import find_checkpoint, load_trained
+    from dgm_dist.training.reevaluate import find_checkpoint
     from export.exporter import ExportOptions, export_checkpoint
-    from export.graphs import GraphOptions
     from export.registry import register
     from export.validator import format_report, validate_model
 
     checkpoint = find_checkpoint(fam.best["checkpoint"], storage_path(cfg))
-    model = load_trained(checkpoint)[1]
-    graph = GraphOptions(aux=getattr(model, "predict", "sample"), samples=getattr(model, "eval_samples", 100))
     source = {"mlflow_run_id": fam.best["run_id"], "study": fam.study, "trial": fam.best["trial_id"]}
-    exported = export_checkpoint(checkpoint, ExportOptions(out_dir, graph=graph, **options), source, out)
+    exported = export_checkpoint(checkpoint, ExportOptions(out_dir, **options), source, out)
     card = exported["card"]
     name = f"dgm-{card['model'].replace('_', '-')}-{card['dataset']}"
     registered = register(uri, cfg.tracking.experiment, Path(exported["files"][0]), card, exported["example"],

@@ -6,6 +6,7 @@ Nothing is registered unless ONNX Runtime reproduces PyTorch on real test images
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -101,6 +102,7 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
     started = time.time()
     loaded = load_classifier(checkpoint, options.data_dir)
     cfg, (test_x, test_y) = loaded.cfg, loaded.test
+    options = dataclasses.replace(options, graph=options.graph.for_model(loaded.model))
     graph = build_graph(loaded.model, options.graph)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = options.out_dir / "model.onnx"

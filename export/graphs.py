@@ -16,6 +16,7 @@ did (`training.data.to_float`: x / 255) inside, so an edge app feeds decoded ima
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -93,9 +94,14 @@ class DGMGraph(Graph):
 
 @dataclass(frozen=True)
 class GraphOptions:
-    aux: str = "sample"        # M2/ADGM/SDGM: "sample" (S fixed draws) or "mean"
-    samples: int = 100         # S
+    aux: str | None = None     # M2/ADGM/SDGM: "sample" (S fixed draws) or "mean"; None: the run's model.predict
+    samples: int | None = None  # S; None: the run's model.eval_samples
     seed: int = 0              # of the S draws
+
+    def for_model(self, model: nn.Module) -> GraphOptions:
+        """These options with the trained model's own settings where none were given."""
+        return dataclasses.replace(self, aux=self.aux or getattr(model, "predict", "sample"),
+                                   samples=self.samples or getattr(model, "eval_samples", 100))
 
     def describe(self, model: nn.Module) -> str:
         if not isinstance(model, SemiSupervisedDGM):
@@ -109,6 +115,7 @@ class GraphOptions:
 
 def build_graph(model: nn.Module, options: GraphOptions = GraphOptions()) -> nn.Module:
     """The inference graph of a trained classifier, in eval mode; `TypeError` for other models."""
+    options = options.for_model(model)
     if isinstance(model, SemiSupervisedDGM):
         graph = DGMGraph(model, options.aux, options.samples, options.seed)
     elif isinstance(model, MLPClassifier):
