@@ -49,6 +49,28 @@ def test_one_importance_sample_is_the_elbo_in_expectation(cls):
     assert iw1.mean().item() == pytest.approx(elbo.item(), abs=0.05)
 
 
+@pytest.mark.parametrize("cls", [HierarchicalVAE, LadderVAE])
+@pytest.mark.parametrize("output", ["bernoulli", "gaussian"])
+@torch.no_grad()
+def test_iw_bound_with_the_bottom_up_pass_shared_equals_repeating_x_for_every_sample(cls, output):
+    """The speed-up of the IW evaluation (the deterministic part of q once per example, x broadcast)
+    computes the same function with the same draws as repeating x k times; in chunks too."""
+    model = _model(cls, output=output, batch_norm="running")
+    with torch.no_grad():                                    # non-trivial batch-norm statistics
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(5, 6) if output == "gaussian" else torch.rand(5, 6).bernoulli()
+    for max_rows in (50_000, 12):                             # one chunk; chunks of 2 samples
+        torch.manual_seed(3)
+        fast = model.iw_log_likelihood(x, 7, max_rows=max_rows)
+        torch.manual_seed(3)
+        slow = model.iw_log_likelihood(x, 7, max_rows=max_rows, shared_bottom_up=False)
+        assert fast.shape == (5,) and torch.allclose(fast, slow, atol=1e-5, rtol=0)
+    torch.manual_seed(4)
+    assert not torch.allclose(model.iw_log_likelihood(x, 7), fast, atol=1e-3)   # the draws matter
+
+
 @torch.no_grad()
 def test_iw_bound_rises_with_k_and_stays_below_the_exact_log_likelihood():
     """A one-layer VAE with a 1-d latent: log p(x) by quadrature over z is exact enough to compare."""
