@@ -43,13 +43,19 @@ CASES = {   # name: (preset, data, graph options)
 QUICK = ("MLP", "ADGM, a = mean", "RNN-SPN (d=3)")
 
 
-def prepare(name: str, tmp: Path, threads: int):
+def export_case(name: str, tmp: Path):
+    """(the inference graph, its fp32 ONNX file, 64 random uint8 images) for one kind."""
     preset, info, options = CASES[name]
     torch.manual_seed(0)
     graph = build_graph(build_model(load_config(preset).model, info), options)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (64, *info.image_shape), dtype=np.uint8)
     fp32 = export_graph(graph, torch.from_numpy(pixels[:2]), tmp / f"{len(list(tmp.iterdir()))}.onnx")
+    return graph, fp32, pixels
+
+
+def prepare(name: str, tmp: Path, threads: int):
+    graph, fp32, pixels = export_case(name, tmp)
     int8 = fp32.with_suffix(".int8.onnx")
     dense = not any(isinstance(m, torch.nn.Conv2d) for m in graph.modules())
     quantize_int8(fp32, int8, None if dense else pixels)

@@ -41,7 +41,7 @@ class Workload:
 
     def train_step(self, model: torch.nn.Module | None = None) -> torch.Tensor:
         """One step as the loop takes it; `model` may be a compiled wrapper of `self.model`."""
-        loss, _ = (model or self.model)(**self.batch)
+        loss, _ = (self.model if model is None else model)(**self.batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(self.model.parameters(), self.optim_cfg)

@@ -51,6 +51,11 @@ def providers_for(choice: str) -> list[str]:
     if choice == "cpu":
         return [CPU]
     if choice == "cuda" or CUDA in ort.get_available_providers() and torch.cuda.is_available():
+        if hasattr(ort, "preload_dlls"):
+            try:        # CUDA/cuDNN from pip wheels (torch's nvidia-* packages), not on the loader path
+                ort.preload_dlls()
+            except Exception:  # nothing to preload: the session reports what it found
+                pass
         return [CUDA, CPU]
     return [CPU]
 

@@ -101,7 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss.backward()
             grad_norm = clip_gradients(model.parameters(), cfg.optim)
             nonfinite, out_of_time = _any_rank(
-                [not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), time.time() > deadline], world)
+                [not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), time.time() > deadline], world, device)
             if nonfinite:
                 why = _describe_nonfinite(epoch + 1, step + 1, loss, grad_norm, terms)
                 if config.get("raise_nonfinite"):          # a Tune trial: the trial fails, the study goes on
@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue                   # same decision on every rank: reports are barriers
 
         metrics = {"epoch": epoch + 1, "step": step, "lr": lr, "epoch_seconds": seconds / epochs_since,
-                   **_train_metrics(sums, world, seconds)}
+                   **_train_metrics(sums, world, seconds, device)}
         if first_step_at and not first_step_reported:
             metrics["first_step_at"], first_step_reported = first_step_at, True
         if out_of_time:
@@ -222,11 +222,12 @@ def _input(x: torch.Tensor, key: str, dynamic_binarize: bool, generator: torch.G
     return torch.bernoulli(x, generator=generator) if dynamic_binarize else x
 
 
-def _any_rank(flags: list[bool], world: int) -> list[bool]:
-    """Each flag true on every rank if it is true on any (so all ranks stop at the same step)."""
+def _any_rank(flags: list[bool], world: int, device) -> list[bool]:
+    """Each flag true on every rank if it is true on any (so all ranks stop at the same step).
+    Collectives run on the worker's device: NCCL (GPU workers) reduces CUDA tensors only."""
     if world == 1:
         return flags
-    t = torch.tensor([float(f) for f in flags])
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
 
@@ -237,11 +238,12 @@ def _describe_nonfinite(epoch: int, step: int, loss, grad_norm: float, terms: di
             f"gradient norm={grad_norm:.6g} (this worker's batch: {values})")
 
 
-def _train_metrics(sums: dict[str, torch.Tensor], world: int, seconds: float) -> dict[str, float]:
+def _train_metrics(sums: dict[str, torch.Tensor], world: int, seconds: float, device) -> dict[str, float]:
     keys = sorted(sums)
-    packed = torch.stack([sums[k].double().cpu() for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
+    packed = torch.stack([sums[k].double().to(device) for k in keys]) if keys else \
+        torch.zeros(0, dtype=torch.float64, device=device)
     if world > 1:
-        dist.all_reduce(packed)
+        dist.all_reduce(packed)                  # on the device: NCCL reduces CUDA tensors only
     totals = dict(zip(keys, packed.tolist(), strict=True))
     n = totals.pop("examples", 0) or 1
     out = {f"train_{k.removesuffix('_sum')}": v / n for k, v in totals.items()}
