@@ -1,6 +1,6 @@
 """What Ray Train costs: a plain PyTorch loop vs the same model through the TorchTrainer.
 
-    python bench/train_overhead.py [--quick]
+    python bench/train_overhead.py [--quick] [--gpu]
 
 One run prints, side by side:
   * training examples/s of a plain single-process loop (the engine's own batches, model, optimizer
@@ -10,6 +10,7 @@ One run prints, side by side:
     worker group).
 Throughput is the median over epochs after the first; evaluation is excluded from both sides.
 Model: the MLP 784-500-500-10 on Fashion-MNIST (Debian's dataset-fashion-mnist), batch 100.
+With --gpu the plain loop and the workers use one GPU each (NCCL); 2 workers need 2 GPUs.
 """
 
 import argparse
@@ -19,7 +20,7 @@ import tempfile
 import time
 
 
-def plain_loop(cfg, epochs: int) -> float:
+def plain_loop(cfg, epochs: int, device: str) -> float:
     import torch
 
     from dgm_dist.data import load_from_config
@@ -27,21 +28,24 @@ def plain_loop(cfg, epochs: int) -> float:
     from dgm_dist.training import data as D
     from dgm_dist.training.loop import clip_gradients, make_optimizer
 
-    torch.set_num_threads(1)                     # what a Ray worker with one CPU gets
+    if device == "cpu":
+        torch.set_num_threads(1)                 # what a Ray worker with one CPU gets
     data = D.prepare(load_from_config(cfg.data), cfg.data, model_spec(cfg.model.name).streams)
     torch.manual_seed(0)
-    model = build_model(cfg.model, data.info)
+    model = build_model(cfg.model, data.info).to(device)
     opt = make_optimizer(cfg.optim, model.parameters())
     rates = []
     for epoch in range(epochs):
         n, t = 0, time.perf_counter()
         for batch in D.epoch_batches(data, epoch, 0, 1, cfg.optim.batch_size, 100, cfg.seed):
-            loss, _ = model(x=D.to_float(batch["x"]), y=batch["y"])
+            loss, _ = model(x=D.to_float(batch["x"]).to(device), y=batch["y"].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(model.parameters(), cfg.optim)
             opt.step()
             n += len(batch["x"])
+        if device == "cuda":
+            torch.cuda.synchronize()
         rates.append(n / (time.perf_counter() - t))
     return statistics.median(rates[1:])
 
@@ -49,8 +53,18 @@ def plain_loop(cfg, epochs: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 epochs on 20 000 examples instead of 4 on 50 000")
+    ap.add_argument("--gpu", action="store_true", help="one GPU per worker and for the plain loop")
     args = ap.parse_args()
     epochs = 3 if args.quick else 4
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: torch sees no GPU here")
+        two_workers = torch.cuda.device_count() >= 2
+    else:
+        two_workers = True
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory() as root:
         from dgm_dist.config import load_config
@@ -58,26 +72,32 @@ def main() -> None:
 
         def cfg(workers):
             return load_config("mlp-fashion", overrides=[
-                f"scaling.workers={workers}", f"optim.epochs={epochs}", f"scaling.checkpoint_every={epochs}",
+                f"scaling.workers={workers}", f"scaling.use_gpu={str(args.gpu).lower()}", f"optim.epochs={epochs}",
+                f"scaling.checkpoint_every={epochs}",
                 f"tracking.root={root}", *(["data.validation=40000"] if args.quick else [])])
 
-        plain = plain_loop(cfg(1), epochs)
+        plain = plain_loop(cfg(1), epochs, device)
         one = train(cfg(1), out=None)
-        two = train(cfg(2), out=None)
+        two = train(cfg(2), out=None) if two_workers else None
 
     def rate(result):
         return statistics.median(h["throughput"] for h in result.history[1:])
 
-    r1, r2 = rate(one), rate(two)
+    r1 = rate(one)
+    kind = "1 GPU" if args.gpu else "1 thread"
     print(f"{'setting':<38} {'examples/s':>11}")
-    print(f"{'plain PyTorch loop, 1 thread':<38} {plain:>11,.0f}")
+    print(f"{'plain PyTorch loop, ' + kind:<38} {plain:>11,.0f}")
     print(f"{'TorchTrainer, 1 worker':<38} {r1:>11,.0f}")
-    print(f"{'TorchTrainer, 2 workers (DDP, gloo)':<38} {r2:>11,.0f}")
+    if two:
+        r2 = rate(two)
+        print(f"{'TorchTrainer, 2 workers (DDP, ' + ('nccl)' if args.gpu else 'gloo)'):<38} {r2:>11,.0f}")
     print(f"1 worker / plain loop:   {r1 / plain:.3f}   (target >= 0.90)")
-    print(f"2 workers / 1 worker:    {r2 / r1:.3f}   on {os.cpu_count()} cores")
-    print(f"start to first step:     {one.startup_seconds:.1f} s with 1 worker, {two.startup_seconds:.1f} s "
-          f"with 2 workers (each starts its own local Ray)")
-
+    if two:
+        print(f"2 workers / 1 worker:    {r2 / r1:.3f}   on {os.cpu_count()} cores")
+    else:
+        print("2 workers / 1 worker:    not measured (one GPU here)")
+    print(f"start to first step:     {one.startup_seconds:.1f} s with 1 worker"
+          + (f", {two.startup_seconds:.1f} s with 2 workers" if two else "") + " (each starts its own local Ray)")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,107 @@
+"""Every benchmark in bench/ runs with --quick (a smoke test: no timing is asserted, only that each
+script measures what it says and prints its table). Fashion-MNIST is Debian's package."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+def run(script: str, *args: str, timeout: int = 300, **env: str) -> str:
+    command = [str(BENCH / script), *args] if script.endswith(".sh") else [sys.executable, str(BENCH / script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent,
+                          env={**os.environ, "PYTHON": sys.executable, **env})
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def rows(out: str, first_cell: str) -> list[list[str]]:
+    """The cells of the markdown rows whose first cell is `first_cell`."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("|") and line.strip("|").split("|")[0].strip() == first_cell]
+
+
+def ratio(cell: str) -> float:
+    value = float(cell.rstrip("x").replace(",", ""))
+    assert value > 0
+    return value
+
+
+def test_data_load():
+    out = run("data_load.py", "--quick")
+    assert re.search(rf"first read {NUMBER} s, cached read {NUMBER} s .*ratio {NUMBER}x", out), out
+
+
+def test_ssl_throughput_compares_factored_and_naive_first_layers():
+    out = run("ssl_throughput.py", "--quick")
+    found = {(m.group(1), m.group(2)) for m in re.finditer(rf"^(ADGM|SDGM)\s+(\d)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
+                                                           out, re.M)}
+    assert found == {("ADGM", "1"), ("ADGM", "5"), ("SDGM", "1"), ("SDGM", "5")}, out
+
+
+def test_spn_throughput():
+    out = run("spn_throughput.py", "--quick")
+    assert re.search(rf"^cnn .* 1\.00x\s+{NUMBER}\s+1\.00x$", out, re.M), out
+    assert re.search(rf"^rnn_spn d=3 .*33px\s+{NUMBER}\s+{NUMBER}x", out, re.M), out
+
+
+def test_onnx_latency_every_model_at_batch_1_and_64():
+    out = run("onnx_latency.py", "--quick", "--threads", "1")
+    for model in ("MLP", "ADGM, a = mean", "RNN-SPN (d=3)"):
+        found = rows(out, model)
+        assert [r[1] for r in found] == ["1", "64"], out
+        assert all(ratio(r[4]) and ratio(r[6]) for r in found)
+
+
+def test_iw_eval_at_k_100_and_5000_against_both_baselines():
+    out = run("iw_eval.py", "--quick", "--threads", "1")
+    for model in ("VAE + BN + WU", "LVAE + BN + WU"):
+        found = rows(out, model)
+        assert [r[1] for r in found] == ["100", "5000"], out
+        assert all(ratio(r[6]) and ratio(r[8]) for r in found)
+
+
+def test_profile_step_names_the_costliest_operators():
+    out = run("profile_step.py", "--quick", "--top", "3")
+    for phase in ("adgm train step", "adgm evaluation", "lvae train step", "lvae evaluation"):
+        block = out.split(phase, 1)[1].split("\n\n")[0]
+        shares = re.findall(r"^\s+(\d+\.\d)%\s+(\S+)", block, re.M)
+        assert len(shares) == 3, block
+        assert all(name.startswith(("aten::", "Optimizer", "autograd")) for _, name in shares), block
+    assert re.search(r"aten::(mm|addmm)", out.split("adgm train step")[1])     # dense layers dominate
+
+
+def test_train_overhead_measures_one_and_two_workers():
+    out = run("train_overhead.py", "--quick")
+    assert re.search(rf"1 worker / plain loop:\s+{NUMBER}", out), out
+    assert re.search(rf"2 workers / 1 worker:\s+{NUMBER}", out), out
+
+
+def test_tune_asha_runs_the_same_trials_with_and_without_early_stopping():
+    out = run("tune_asha.py", "--quick", timeout=600)
+    asha, fifo = rows(out, "ASHA"), rows(out, "FIFO")
+    assert len(asha) == len(fifo) == 1, out
+    assert fifo[0][2:4] == ["9", "0"]                    # 3 trials x 3 epochs, none stopped
+    assert int(asha[0][2]) <= 9 and fifo[0][4].startswith("optim.lr=")
+    assert re.search(rf"ASHA / FIFO wall time: {NUMBER}\s+epochs: {NUMBER}", out), out
+
+
+def test_gpu_check_runs_every_section_on_the_cpu_with_quick(tmp_path):
+    log = tmp_path / "gpu_check.log"
+    out = run("gpu_check.sh", "--quick", timeout=600, CUDA_VISIBLE_DEVICES="", GPU_CHECK_LOG=str(log))
+    assert "probe: backend gloo on cpu" in out and "all-reduce 1 (expected 1)" in out, out
+    assert re.search(rf"dgm-dist train mlp-fashion, 1 epoch on cpu: {NUMBER} examples/s", out), out
+    assert {r[0] for r in (rows(out, "adgm") + rows(out, "lvae") + rows(out, "rnn_spn"))} == {"adgm", "lvae", "rnn_spn"}
+    assert [r[4] for r in rows(out, "ADGM, S = 100")] == ["1", "64"] and rows(out, "RNN-SPN (d=3)"), out
+    assert out.rstrip().endswith("on cpu)") and "all sections passed" in out
+    assert "all sections passed" in log.read_text()                 # the log file has the same
+
+
+def test_gpu_check_without_a_gpu_says_so_and_stops():
+    done = subprocess.run([str(BENCH / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 2 and "no usable NVIDIA GPU here" in done.stderr and "--quick" in done.stderr
