@@ -204,3 +204,31 @@ def test_early_stopping_ends_the_run_after_patience_epochs(capsys, root, data_di
     summary = json.loads(out)
     assert summary["stopped_early"] and summary["epochs"] == 3 and summary["best_epoch"] == 1
     assert summary["checkpoint"] and "epoch=000003" in summary["checkpoint"]
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_spn", "rnn_spn"])
+def test_the_registry_builds_channels_last_models_that_compute_the_same_function(name, tmp_path):
+    """The speed-up of section 6 in docs/results.md: conv weights in NHWC. Loss, gradients and a
+    checkpoint round trip are those of the same model in the default layout."""
+    cfg = load_config(f"{name.replace('_', '-')}-seq3", overrides=["model.downsample=4"])
+    torch.manual_seed(0)
+    fast = build_model(cfg.model, DataInfo((100, 100), 10, sequence_length=2))
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)
+    torch.manual_seed(0)
+    plain = build_model(cfg.model, DataInfo((100, 100), 10, sequence_length=2))
+    plain = plain.to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    x, y = torch.rand(3, 100, 100), torch.randint(0, 10, (3, 2))
+    (loss_fast, _), (loss_plain, _) = fast(x, y), plain(x, y)
+    loss_fast.backward()
+    loss_plain.backward()
+    assert torch.allclose(loss_fast, loss_plain, atol=1e-5)
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+    torch.save(fast.state_dict(), tmp_path / "w.pt")
+    plain.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(fast.classify(x), plain.classify(x), atol=1e-5)
