@@ -61,9 +61,11 @@ def environment(device: str) -> None:
     print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
+        nccl = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
         print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
               f"compute capability {p.major}.{p.minor}; CUDA runtime {torch.version.cuda}, "
-              f"cuDNN {torch.backends.cudnn.version()}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+              f"cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}")
     print(f"onnxruntime {ort.__version__} ({ort.get_device()}), providers built in: {ort.get_available_providers()}")
 
 
@@ -167,11 +169,11 @@ def throughput(device: str, steps: int, compile_: bool) -> None:
 def onnx_cuda(device: str, quick: bool) -> None:
     from onnx_latency import export_case
 
-    from export.checks import CPU, CUDA, latency_ms, parity, parity_passes, placement, session
+    from export.checks import CPU, CUDA, latency_ms, parity, parity_passes, placement, providers_for, session
     from export.graphs import INPUT
     from export.validator import CUDA_TOLERANCE, FP32_TOLERANCE
 
-    providers = [CUDA, CPU] if device == "cuda" else [CPU]
+    providers = providers_for("cuda" if device == "cuda" else "cpu")     # also preloads pip's CUDA libraries
     names = ("ADGM, S = 100", "RNN-SPN (d=3)") if quick else ("MLP", "ADGM, S = 100", "SDGM, S = 100", "CNN",
                                                               "CNN-SPN", "RNN-SPN (d=3)")
     print("| model | providers used | max abs diff (allowed) | nodes on CPU | batch | ORT ms | PyTorch ms | speed-up |")
@@ -193,10 +195,9 @@ def onnx_cuda(device: str, quick: bool) -> None:
             net = graph.to(device)
 
             @torch.no_grad()
-            def torch_run(x, net=net):
+            def torch_run(x, net=net):           # numpy in, numpy out, as ONNX Runtime is timed
                 out = net(torch.from_numpy(x).to(device))
-                workloads.sync(device)
-                return out
+                return [o.cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
             def ort_run(x, sess=sess):
                 return sess.run(None, {INPUT: x})

@@ -33,7 +33,9 @@ while [ $# -gt 0 ]; do
 done
 
 "$python" -c "import dgm_dist" 2>/dev/null || export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
-"$python" -c "import dgm_dist, torch, ray, onnxruntime" || {
+# torch, onnx(script) and onnxruntime are needed; Ray (section 2) and MLflow are not needed by the
+# other sections, so a bare GPU image still gives the throughput and ONNX figures
+"$python" -c "import dgm_dist, torch, onnx, onnxscript, onnxruntime, yaml" || {
   echo "gpu_check.sh: $python lacks dgm-dist or its dependencies; install the project (pip install -e '.[gpu]') or set PYTHON" >&2
   exit 2; }
 

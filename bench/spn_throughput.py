@@ -17,7 +17,7 @@ import torch
 
 from dgm_dist.config import load_config
 from dgm_dist.models.registry import DataInfo, build_model
-from dgm_dist.training.loop import clip_gradients, make_optimizer
+from dgm_dist.training.optim import clip_gradients, make_optimizer
 
 INFO = DataInfo((100, 100), 10, sequence_length=3)
 

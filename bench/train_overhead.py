@@ -26,7 +26,7 @@ def plain_loop(cfg, epochs: int, device: str) -> float:
     from dgm_dist.data import load_from_config
     from dgm_dist.models.registry import build_model, model_spec
     from dgm_dist.training import data as D
-    from dgm_dist.training.loop import clip_gradients, make_optimizer
+    from dgm_dist.training.optim import clip_gradients, make_optimizer
 
     if device == "cpu":
         torch.set_num_threads(1)                 # what a Ray worker with one CPU gets

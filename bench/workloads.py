@@ -13,7 +13,7 @@ import torch
 
 from dgm_dist.config import load_config
 from dgm_dist.models.registry import DataInfo, build_model, model_spec
-from dgm_dist.training.loop import clip_gradients, make_optimizer
+from dgm_dist.training.optim import clip_gradients, make_optimizer
 
 SINGLE = DataInfo((28, 28), 10, None, 50_000, 100)
 SEQUENCE = DataInfo((100, 100), 10, 3)

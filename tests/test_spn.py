@@ -8,7 +8,8 @@ from dgm_dist.errors import ConfigError
 from dgm_dist.models.cnn import SequenceClassifier, SequenceCNN
 from dgm_dist.models.registry import DataInfo, build_model, model_spec
 from dgm_dist.models.spn import CNNSPN, IDENTITY, RNNSPN, SpatialTransformer, glimpse_corners
-from dgm_dist.training.loop import make_optimizer, track_best
+from dgm_dist.training.loop import track_best
+from dgm_dist.training.optim import make_optimizer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from dgm_dist.config import load_config
 from dgm_dist.data.catalog import Dataset
 from dgm_dist.errors import ConfigError
 from dgm_dist.training import data as D
-from dgm_dist.training.loop import clip_gradients
+from dgm_dist.training.optim import clip_gradients
 
 
 def _dataset(n=200, n_test=30, sequences=False):
