@@ -6,7 +6,9 @@ One run measures the CNN baseline, the CNN-SPN and the RNN-SPN at downsample 1, 
 their presets build them, training steps as the training loop takes them (forward, backward,
 the preset's gradient clipping, RMSprop) on a batch of 100, and evaluation (forward, no
 gradient) on a batch of 500. Rounds are interleaved so every model sees the same machine state;
-the table prints medians and each model's ratio to the CNN baseline.
+the table prints medians and each model's ratio to the CNN baseline. The "vs NCHW" columns time
+the same model with its convolution weights in the default layout, interleaved too: the speed-up
+of the channels-last layout the registry now builds (docs/results.md, section 6).
 """
 
 import argparse
@@ -65,25 +67,32 @@ def main() -> None:
     xe, ye = torch.rand(500, 100, 100, generator=g), torch.randint(0, 10, (500, 3), generator=g)
     runs = {}
     for name, cfg in configs.items():
-        torch.manual_seed(0)
-        model = build_model(cfg.model, INFO)
-        runs[name] = (model, make_optimizer(cfg.optim, model.parameters()), cfg.optim)
-        train_rate(*runs[name], x, y, 1)                                          # warm-up
+        for layout in ("channels_last", "nchw"):
+            torch.manual_seed(0)
+            model = build_model(cfg.model, INFO)                   # channels-last, as training builds it
+            if layout == "nchw":
+                model = model.to(memory_format=torch.contiguous_format)
+            runs[name, layout] = (model, make_optimizer(cfg.optim, model.parameters()), cfg.optim)
+            train_rate(*runs[name, layout], x, y, 1)                                   # warm-up
     train, evals = {k: [] for k in runs}, {k: [] for k in runs}
     for _ in range(rounds):
-        for name, (model, optimizer, optim_cfg) in runs.items():
-            train[name].append(train_rate(model, optimizer, optim_cfg, x, y, steps))
-            evals[name].append(eval_rate(model, xe, ye, max(1, steps // 2)))
+        for key, (model, optimizer, optim_cfg) in runs.items():
+            train[key].append(train_rate(model, optimizer, optim_cfg, x, y, steps))
+            evals[key].append(eval_rate(model, xe, ye, max(1, steps // 2)))
+    t = {k: statistics.median(v) for k, v in train.items()}
+    e = {k: statistics.median(v) for k, v in evals.items()}
     print(f"images/s, {args.threads} thread(s), median of {rounds} interleaved rounds "
           f"({steps} training steps of 100, {max(1, steps // 2)} evaluation batches of 500)")
-    print(f"{'model':<13} {'params':>10} {'glimpse':>8} {'train':>8} {'vs CNN':>7} {'eval':>8} {'vs CNN':>7}")
-    base_t, base_e = statistics.median(train["cnn"]), statistics.median(evals["cnn"])
-    for name, (model, _, _) in runs.items():
-        t, e = statistics.median(train[name]), statistics.median(evals[name])
+    print(f"{'model':<13} {'params':>10} {'glimpse':>8} {'train':>8} {'vs CNN':>7} {'vs NCHW':>8} "
+          f"{'eval':>8} {'vs CNN':>7} {'vs NCHW':>8}")
+    cnn = ("cnn", "channels_last")
+    for name in configs:
+        key, old = (name, "channels_last"), (name, "nchw")
+        model = runs[key][0]
         size = getattr(getattr(model, "transformer", None), "size", getattr(model, "glimpse", None))
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:<13} {params:>10,} {size:>5}px {t:>8,.0f} {t / base_t:>6.2f}x {e:>8,.0f} {e / base_e:>6.2f}x")
-
+        print(f"{name:<13} {params:>10,} {size:>5}px {t[key]:>8,.0f} {t[key] / t[cnn]:>6.2f}x "
+              f"{t[key] / t[old]:>7.2f}x {e[key]:>8,.0f} {e[key] / e[cnn]:>6.2f}x {e[key] / e[old]:>7.2f}x")
 
 if __name__ == "__main__":
     main()
