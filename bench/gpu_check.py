@@ -165,6 +165,7 @@ def throughput(device: str, steps: int, compile_: bool) -> None:
         print(" | ".join([f"| {name}", str(w.examples), f"{rates['eager']:,.0f}", *cells, f"{evals:,.0f} |"])
               + (f"  ({note.strip(' ;')})" if note else ""), flush=True)
 
+
 @section("4. ONNX Runtime with the CUDA provider")
 def onnx_cuda(device: str, quick: bool) -> None:
     from onnx_latency import export_case
