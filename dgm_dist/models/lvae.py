@@ -141,7 +141,9 @@ class HierarchicalVAE(nn.Module):
         L = len(self.latent)
         draw = (lambda mu, logvar: mu) if use_means else \
             (lambda mu, logvar: mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
-        ups = [(mu.repeat(samples, 1), logvar.repeat(samples, 1)) for mu, logvar in self.bottom_up(x)]
+        ups = self.bottom_up(x)
+        if samples > 1:                               # repeat copies: not in the training step
+            ups = [(mu.repeat(samples, 1), logvar.repeat(samples, 1)) for mu, logvar in ups]
         z, q = [None] * L, [None] * L
         if self.ladder:
             q[L - 1] = ups[L - 1]
