@@ -62,7 +62,8 @@ class ModelConfig:
     alpha: float = bounded(0.1, 0.0)           # classification weight, times N / N_l
     factored: bool = True                      # per-input first layers, x term computed once per example
     weight_prior: bool = False                 # N(0, 1) prior on the weights (the original code)
-    share: bool = False                        # LVAE: p(z_i|z_i+1) shares the top-down inference networks
+    share: bool = True                         # LVAE: p shares q's top-down nets (paper); false: own (released code)
+    batch_norm_heads: bool = False             # VAE/LVAE: batch norm on the mean/variance heads (original code)
     iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood
     downsample: float = bounded(1.0, 1.0)      # SPN glimpse (CNN: resized input) = input / downsample
     loc_channels: tuple[int, ...] = (20, 20, 20)   # SPN localisation convs (papers.md 3.3)

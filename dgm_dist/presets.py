@@ -96,7 +96,9 @@ register_preset("mlp-fashion100", "labelled-data-only baseline: MLP on 100 Fashi
 # the full training set at evaluation. The periodic evaluations use k = 100 importance samples; the
 # paper's 5000-sample figure is `dgm-dist evaluate RUN --iw-samples 5000` (hours on a CPU for 10 000
 # test images, so not part of a budgeted run).
-_LVAE_MODEL = {"latent": [64, 32, 16, 8, 4], "hidden": [512, 256, 128, 64, 32], "iw_samples": 100}
+# The LVAE's generative p(z_i|z_{i+1}) shares q's top-down networks, as the paper (`share`; the
+# released code's default, false, gives p networks of its own).
+_LVAE_MODEL = {"latent": [64, 32, 16, 8, 4], "hidden": [512, 256, 128, 64, 32], "iw_samples": 100, "share": True}
 _LVAE_OPTIM = {"optimizer": "adam", "lr": 2e-4, "batch_size": 256, "epochs": 2000, "clip_norm": 4.0,
                "clip_value": 0.9, "clip_order": "norm_then_value"}
 _ROWS = {"vae": ("vae", "off", 0), "vae-bn": ("vae", "full_train", 0), "vae-bn-wu": ("vae", "full_train", 200),

@@ -33,20 +33,9 @@ def test_analytic_kl_between_gaussians_agrees_with_monte_carlo():
     assert mc.item() == pytest.approx(kl_normal(mu_q, lv_q, mu_p, lv_p).sum().item(), abs=0.02)
 
 
-def _model(cls, **kw):
+def _model(cls, x_dim=6, **kw):
     torch.manual_seed(0)
-    return cls(6, latent=(4, 3, 2), hidden=(16, 12, 8), **kw).eval()
-
-
-@pytest.mark.parametrize("cls", [HierarchicalVAE, LadderVAE])
-@torch.no_grad()
-def test_one_importance_sample_is_the_elbo_in_expectation(cls):
-    model = _model(cls)
-    x = torch.rand(3, 6).bernoulli()
-    torch.manual_seed(1)
-    iw1 = torch.stack([model.iw_log_likelihood(x, 1) for _ in range(3000)]).mean(0)
-    elbo = torch.stack([model.loss(x)[1]["elbo_sum"] / 3 for _ in range(3000)]).mean()
-    assert iw1.mean().item() == pytest.approx(elbo.item(), abs=0.05)
+    return cls(x_dim, latent=(4, 3, 2), hidden=(16, 12, 8), **kw).eval()
 
 
 @pytest.mark.parametrize("cls", [HierarchicalVAE, LadderVAE])
@@ -76,6 +65,8 @@ def test_iw_bound_rises_with_k_and_stays_below_the_exact_log_likelihood():
     """A one-layer VAE with a 1-d latent: log p(x) by quadrature over z is exact enough to compare."""
     torch.manual_seed(0)
     model = HierarchicalVAE(3, latent=(1,), hidden=(8,)).eval()
+    with torch.no_grad():                                 # p(x|z) depends on z: q is not the posterior
+        model.decoder.net[0].weight.mul_(4.0)
     x = torch.tensor([[1.0, 0.0, 1.0]])
     z = torch.linspace(-10, 10, 40_001)[:, None]
     log_joint = model.log_px(x.expand(len(z), 3), z) - 0.5 * (math.log(2 * math.pi) + z[:, 0] ** 2)
@@ -136,6 +127,42 @@ def test_shared_or_separate_generative_top_down_networks():
 
 
 @torch.no_grad()
+def test_shared_top_down_network_runs_once_per_layer_and_pass():
+    """share=True (the paper): q's top-down output IS p(z_i|z_{i+1}) at the posterior sample, so one
+    pass computes it once; share=False runs the generative network of its own as well."""
+    x = torch.rand(5, 6).bernoulli()
+    for share in (True, False):
+        model = _model(LadderVAE, share=share)
+        seen: list[str] = []
+        model.down[0].register_forward_hook(lambda *a, log=seen: log.append("down"))
+        if not share:
+            model.own_prior[0].register_forward_hook(lambda *a, log=seen: log.append("prior"))
+        out = model.infer(x)
+        assert seen == (["down"] if share else ["down", "prior"])
+        mu_p, logvar_p, _ = model.prior[0](out["z"][1])
+        torch.testing.assert_close(out["log_p"][0], log_normal(out["z"][0], mu_p, logvar_p))
+
+
+def test_widths_and_variance_bias_as_the_original_code():
+    """casperkaae/LVAE: top-down MLPs from z_{i+1} have hidden[i+1] units, the LVAE's own generative
+    ones hidden[i]; variance heads start with bias 1; batch norm on the heads is an option."""
+    vae, lvae = _model(HierarchicalVAE), _model(LadderVAE, share=False)
+    hidden = (16, 12, 8)
+    for i in range(2):
+        assert vae.down[i].body.net[0].out_features == hidden[i + 1] == lvae.down[i].body.net[0].out_features
+        assert lvae.own_prior[i].body.net[0].out_features == hidden[i]
+        assert vae.up[i].body.net[0].out_features == hidden[i]
+    assert all(torch.equal(g.var.bias, torch.ones_like(g.var.bias)) for g in (*vae.up, *vae.down))
+    assert all(not g.mu.bias.any() for g in (*vae.up, *vae.down))
+    plain = sum(isinstance(m, torch.nn.BatchNorm1d) for m in _model(LadderVAE, batch_norm="running").modules())
+    heads = sum(isinstance(m, torch.nn.BatchNorm1d)
+                for m in _model(LadderVAE, batch_norm="running", batch_norm_heads=True).modules())
+    assert heads == plain + 2 * (3 + 2)                   # a mean and a variance head per Gaussian
+    with pytest.raises(ValueError, match="model.batch_norm_heads=true needs batch norm"):
+        _model(LadderVAE, batch_norm_heads=True)
+
+
+@torch.no_grad()
 def test_active_units_count_posterior_means_that_vary_over_the_data():
     model = _model(HierarchicalVAE)
     sums = model.eval_sums(torch.rand(50, 6).bernoulli())
@@ -143,3 +170,38 @@ def test_active_units_count_posterior_means_that_vary_over_the_data():
     assert 0 <= metrics["active_units1"] <= 4 and metrics["active_units"] == sum(
         metrics[f"active_units{i}"] for i in (1, 2, 3))
     assert metrics["iw_ll"] >= metrics["elbo"] - 1.0                      # k = 100 vs one sample
+
+
+def _dependent_upper_layers(cls, scale: float = 1.5):
+    """A 3-layer model whose upper posteriors q(z_i|z_{i-1}) (VAE) and top-down priors depend strongly
+    on the layer below/above: the case an untrained model hides (docs/models.md, "the VAE's KL")."""
+    model = _model(cls, x_dim=8)
+    nets = list(model.up[1:]) + list(model.down)
+    with torch.no_grad():
+        for net in nets:
+            net.body.net[0].weight.mul_(scale)
+            net.mu.weight.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+@pytest.mark.parametrize("cls", [HierarchicalVAE, LadderVAE])
+@torch.no_grad()
+def test_training_elbo_equals_the_one_sample_importance_bound_where_upper_layers_depend_on_lower(cls, scale):
+    """The training loss's ELBO must be an unbiased estimate of the ELBO, whose k = 1 importance-
+    weighted bound (sampled log-densities) is the textbook estimate. With the same draws for both
+    (the same seed: loss and bound sample z in the same order), the paired difference has a small
+    Monte Carlo error, so a bias of 0.3 nats fails by a wide margin. A closed-form KL of a bottom-up
+    VAE layer given its sampled child z_{i+1} is biased at scale 1.5 (+0.63 nats on the old code)."""
+    model = _dependent_upper_layers(cls, scale)
+    x = torch.rand(50, 8).bernoulli().repeat(40, 1)
+    diffs = []
+    for chunk in range(40):
+        torch.manual_seed(100 + chunk)
+        elbo = model.loss(x)[1]["elbo_sum"].item() / len(x)
+        torch.manual_seed(100 + chunk)
+        diffs.append(elbo - model.iw_log_likelihood(x, 1).mean().item())
+    diffs = torch.tensor(diffs, dtype=torch.float64)
+    bias, stderr = diffs.mean().item(), (diffs.std() / len(diffs) ** 0.5).item()
+    assert 4 * stderr < 0.1                              # the test can see a 0.3-nat bias
+    assert abs(bias) < max(4 * stderr, 0.02), f"training ELBO - k=1 bound = {bias:.3f} +- {stderr:.3f} nats"

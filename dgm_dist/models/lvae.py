@@ -9,14 +9,27 @@ LVAE:  a deterministic bottom-up pass d_i = MLP(mu_hat_{i-1}) gives (mu_hat_i, v
        (`share=True`, the paper's LVAE) or its own (`share=False`, the released code's default).
 
 Every stochastic layer has a 2-layer MLP with leaky ReLU (leakiness 0.01, Lasagne's default); variances
-come from a softplus (plus 1e-5, the code's eps). Batch norm, when on, follows every hidden dense layer
-(the original also normalised the mean/variance heads; here they are left plain).
+come from a softplus (plus 1e-5, the code's eps) whose bias starts at 1, as the original's. The widths
+follow the original code: the bottom-up MLP of layer i and the decoder p(x|z_1) have `hidden[i]`
+(`hidden[0]`) units; every top-down MLP from z_{i+1} (the VAE's generative p(z_i|z_{i+1}), the LVAE's
+top-down q and shared p) has `hidden[i+1]`; the LVAE's own generative networks (`share=False`) have
+`hidden[i]`. Batch norm, when on, follows every hidden dense layer, and with `batch_norm_heads` the
+mean/variance heads too (the original normalised them; docs/models.md).
 
-Training bound (warm-up weight beta on every KL, per optimizer step):
-    log p(x|z_1) - beta * sum_i KL(q(z_i|.) || p(z_i|z_{i+1}))
-with the KL of each layer analytic given the sampled parent. The importance-weighted bound with k
-samples, log mean_k exp(log p(x, z^k) - log q(z^k|x)), uses sampled log-densities; k = 1 is the ELBO
-in expectation.
+Training bound (warm-up weight beta on every layer's KL term, per optimizer step):
+    log p(x|z_1) - beta * sum_i E_q[log q(z_i|.) - log p(z_i|z_{i+1})]
+Each layer's term is computed with the lowest-variance estimate that is still unbiased:
+- the LVAE, every layer, and the VAE's top layer: the closed-form KL(q(z_i|.) || p(z_i|z_{i+1})) given
+  the sampled parent z_{i+1}. Valid because z_{i+1} is drawn before z_i (LVAE: q runs top-down like p)
+  or p has no parent (p(z_L) = N(0, I)), so integrating z_i out leaves the parent's distribution alone.
+- the VAE's layers below the top: q(z_{i+1}|z_i) is drawn FROM z_i, so z_{i+1} depends on z_i and the
+  closed form given z_{i+1} is not the ELBO (it overstated the bound by 1-1.4 nats on trained
+  models: docs/results.md §2). Here the term is q's analytic entropy minus log p(z_i|z_{i+1}) at the
+  joint draw.
+The per-layer terms are the metrics `kl_layer<i>`: summed, they are KL(q(z|x) || p(z)) in expectation
+(the original code's `KL_qp`). The importance-weighted bound with k samples,
+log mean_k exp(log p(x, z^k) - log q(z^k|x)), uses sampled log-densities; k = 1 is the ELBO in
+expectation (tests/test_lvae.py checks both on a model whose upper layers depend on the lower).
 """
 
 from __future__ import annotations
@@ -50,13 +63,24 @@ class Dense(nn.Module):
         return self.net(h)
 
 
+def head(in_features: int, out_features: int, bias: float, batch_norm: bool) -> nn.Module:
+    """A mean or variance output: GlorotNormal(1) weights, a constant bias (the variance's 1.0, so the
+    softplus starts at 1.31, as the original's), then batch norm if asked (its shift replaces the bias)."""
+    lin = nn.Linear(in_features, out_features)
+    nn.init.xavier_normal_(lin.weight)
+    nn.init.constant_(lin.bias, bias)
+    return nn.Sequential(lin, nn.BatchNorm1d(out_features)) if batch_norm else lin
+
+
 class Gaussian(nn.Module):
     """MLP -> (mean, log-variance) with variance = softplus(.) + 1e-5."""
 
-    def __init__(self, in_features: int, width: int, out_features: int, batch_norm: bool):
+    def __init__(self, in_features: int, width: int, out_features: int, batch_norm: bool,
+                 batch_norm_heads: bool = False):
         super().__init__()
         self.body = Dense(in_features, width, 2, batch_norm)
-        self.mu, self.var = nn.Linear(width, out_features), nn.Linear(width, out_features)
+        self.mu = head(width, out_features, 0.0, batch_norm_heads)
+        self.var = head(width, out_features, 1.0, batch_norm_heads)
 
     def forward(self, h: torch.Tensor):
         d = self.body(h)
@@ -75,26 +99,38 @@ def kl_normal(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
     return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0)
 
 
+def kl_at_sample(z, logvar_q, mu_p, logvar_p) -> torch.Tensor:
+    """-H(N(., var_q)) - log N(z; mu_p, var_p) per unit: for z ~ q it is unbiased for
+    E_q[log q(z) - log p(z)] even when (mu_p, var_p) were computed from a draw that depends on z
+    (the bottom-up VAE's layers below the top). Where they do not, its mean is `kl_normal`."""
+    return 0.5 * (logvar_p - logvar_q - 1.0 + (z - mu_p).pow(2) / logvar_p.exp())
+
+
 class HierarchicalVAE(nn.Module):
     ladder = False
 
     def __init__(self, x_dim: int, latent=(64, 32, 16, 8, 4), hidden=(512, 256, 128, 64, 32),
-                 output: str = "bernoulli", batch_norm: str = "off", share: bool = False, iw_samples: int = 100):
+                 output: str = "bernoulli", batch_norm: str = "off", share: bool = True, iw_samples: int = 100,
+                 batch_norm_heads: bool = False):
         super().__init__()
         if len(hidden) != len(latent):
             raise ValueError(f"model.hidden needs one width per stochastic layer ({len(latent)}), got {len(hidden)}")
+        if batch_norm_heads and batch_norm == "off":
+            raise ValueError("model.batch_norm_heads=true needs batch norm: set model.batch_norm=running or full_train")
         self.latent, self.output, self.iw_samples, self.batch_norm = tuple(latent), output, iw_samples, batch_norm
-        bn = batch_norm != "off"
+        bn, L = batch_norm != "off", len(latent)
         ins = [x_dim, *latent[:-1]]
-        self.up = nn.ModuleList(Gaussian(i, h, z, bn) for i, h, z in zip(ins, hidden, latent, strict=True))
-        self.down = nn.ModuleList(Gaussian(latent[i + 1], hidden[i], latent[i], bn) for i in range(len(latent) - 1))
-        # the generative p(z_i|z_{i+1}): in the VAE the top-down networks are only generative; the
-        # LVAE shares its top-down inference networks with them or has its own
-        self.own_prior = nn.ModuleList(Gaussian(latent[i + 1], hidden[i], latent[i], bn)
-                                       for i in range(len(latent) - 1)) if self.ladder and not share else None
+        self.up = nn.ModuleList(Gaussian(i, h, z, bn, batch_norm_heads)
+                                for i, h, z in zip(ins, hidden, latent, strict=True))
+        # top-down from z_{i+1}, `hidden[i+1]` wide as the original: the VAE's generative networks;
+        # the LVAE's top-down inference networks, which p shares (`share`) or not
+        self.down = nn.ModuleList(Gaussian(latent[i + 1], hidden[i + 1], latent[i], bn, batch_norm_heads)
+                                  for i in range(L - 1))
+        self.own_prior = nn.ModuleList(Gaussian(latent[i + 1], hidden[i], latent[i], bn, batch_norm_heads)
+                                       for i in range(L - 1)) if self.ladder and not share else None
         self.decoder = Dense(latent[0], hidden[0], 2, bn)
-        self.x_mu = nn.Linear(hidden[0], x_dim)
-        self.x_var = nn.Linear(hidden[0], x_dim) if output == "gaussian" else None
+        self.x_mu = head(hidden[0], x_dim, 0.0, False)       # the output is never normalised (the code's default)
+        self.x_var = head(hidden[0], x_dim, 1.0, False) if output == "gaussian" else None
 
     @property
     def prior(self) -> nn.ModuleList:
@@ -135,22 +171,23 @@ class HierarchicalVAE(nn.Module):
         return ups
 
     def infer(self, x: torch.Tensor, use_means: bool = False, samples: int = 1) -> dict[str, list]:
-        """Samples z_1..z_L from q (or its means), with log q, log p and the analytic KL of each layer
-        given the sampled parent; `q_means` are E_q[z_i | parent] for active units. With `samples` = s
-        every example gets s draws (rows sample-major, s * B); the bottom-up part runs once per example."""
+        """Samples z_1..z_L from q (or its means), with log q, log p and each layer's KL term (module
+        docstring: closed form where that is unbiased, entropy minus sampled log p where not);
+        `q_means` are E_q[z_i | parent] for active units. With `samples` = s every example gets s
+        draws (rows sample-major, s * B); the bottom-up part runs once per example."""
         L = len(self.latent)
         draw = (lambda mu, logvar: mu) if use_means else \
             (lambda mu, logvar: mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
         ups = self.bottom_up(x)
         if samples > 1:                               # repeat copies: not in the training step
             ups = [(mu.repeat(samples, 1), logvar.repeat(samples, 1)) for mu, logvar in ups]
-        z, q = [None] * L, [None] * L
+        z, q, top_down = [None] * L, [None] * L, [None] * L
         if self.ladder:
             q[L - 1] = ups[L - 1]
             z[L - 1] = draw(*q[L - 1])
             for i in range(L - 2, -1, -1):            # top-down from the POSTERIOR sample z_{i+1}
-                mu_p, logvar_p, _ = self.down[i](z[i + 1])
-                q[i] = merge(*ups[i], mu_p, logvar_p)
+                top_down[i] = self.down[i](z[i + 1])[:2]
+                q[i] = merge(*ups[i], *top_down[i])
                 z[i] = draw(*q[i])
         else:
             q[0] = ups[0]
@@ -160,11 +197,16 @@ class HierarchicalVAE(nn.Module):
                 z[i] = draw(*q[i])
         out = {"z": z, "log_q": [], "log_p": [], "kl": [], "q_means": [m for m, _ in q]}
         for i in range(L):
-            mu_p, logvar_p = (torch.zeros_like(z[i]), torch.zeros_like(z[i])) if i == L - 1 else \
-                self.prior[i](z[i + 1])[:2]
+            if i == L - 1:
+                p = (torch.zeros_like(z[i]), torch.zeros_like(z[i]))
+            elif self.ladder and self.own_prior is None:
+                p = top_down[i]                        # shared: the top-down output already computed
+            else:
+                p = self.prior[i](z[i + 1])[:2]
             out["log_q"].append(log_normal(z[i], *q[i]))
-            out["log_p"].append(log_standard_normal(z[i]) if i == L - 1 else log_normal(z[i], mu_p, logvar_p))
-            out["kl"].append(kl_normal(*q[i], mu_p, logvar_p))
+            out["log_p"].append(log_standard_normal(z[i]) if i == L - 1 else log_normal(z[i], *p))
+            closed_form = self.ladder or i == L - 1    # the parent z_{i+1} was drawn before z_i
+            out["kl"].append(kl_normal(*q[i], *p) if closed_form else kl_at_sample(z[i], q[i][1], *p))
         return out
 
     def log_px(self, x: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -180,7 +222,10 @@ class HierarchicalVAE(nn.Module):
     # ---- objectives -----------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, kl_weight: float = 1.0):
         x = x.flatten(1)
-        p = self.infer(x)
+        return self.objective(x, self.infer(x), kl_weight)
+
+    def objective(self, x: torch.Tensor, p: dict[str, list], kl_weight: float = 1.0):
+        """The warmed-up negative ELBO of one pass `p` of `infer(x)`, and its metric sums."""
         recon = self.log_px(x, p["z"][0])
         kl = torch.stack([k.sum(-1) for k in p["kl"]], -1)                     # (B, L)
         loss = -(recon - kl_weight * kl.sum(-1)).mean()
@@ -215,13 +260,14 @@ class HierarchicalVAE(nn.Module):
 
     @torch.no_grad()
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Full-set sums: the ELBO (1 sample), the IW bound with `iw_samples`, the KL of each layer,
+        """Full-set sums: the ELBO (1 sample), the IW bound with `iw_samples`, each layer's KL term,
         and first/second moments of each layer's posterior mean (for active units)."""
         x = x.flatten(1)
-        _, sums = self.loss(x)
+        p = self.infer(x)                              # one draw: the ELBO and its per-layer terms
+        _, sums = self.objective(x, p)
         out = {"elbo_sum": sums["elbo_sum"], "recon_sum": sums["recon_sum"]}
         out["iw_ll_sum"] = self.iw_log_likelihood(x, self.iw_samples).double().sum()
-        p, means = self.infer(x), self.infer(x, use_means=True)["q_means"]
+        means = self.infer(x, use_means=True)["q_means"]
         for i, (kl, m) in enumerate(zip(p["kl"], means, strict=True)):
             out[f"kl_layer{i + 1}_sum"] = kl.sum(-1).double().sum()
             out[f"kl_units{i + 1}_sum"] = kl.double().sum(0)                      # vector: the figure

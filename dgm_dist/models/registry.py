@@ -77,7 +77,7 @@ def _dgm(cls):
 def _vae(cls):
     def build(m, info: DataInfo) -> nn.Module:
         return cls(info.features, latent=m.latent, hidden=m.hidden, output=m.output, batch_norm=m.batch_norm,
-                   share=m.share, iw_samples=m.iw_samples)
+                   share=m.share, iw_samples=m.iw_samples, batch_norm_heads=m.batch_norm_heads)
     return build
 
 
