@@ -1,0 +1,123 @@
+"""The Ladder VAE paper's ablation (VAE, + BN, + warm-up, LVAE), seeded, at one equal budget per row.
+
+    python bench/lvae_ablation.py train    --out runs/lvae_ablation          # every row x seed, one at a time
+    python bench/lvae_ablation.py evaluate --out runs/lvae_ablation --examples 2000
+    python bench/lvae_ablation.py table    --out runs/lvae_ablation          # the table of docs/results.md §2
+
+`train` runs `dgm-dist train <row>-mnist-5l-cpu --set seed=S` for each row and seed (20 epochs,
+Fashion-MNIST; the same held-out split for every run: only the training seed differs) and keeps
+each run's JSON in OUT. `evaluate` takes the best run of each row by its VALIDATION bound (never the
+test set) to `dgm-dist evaluate RUN --iw-samples 5000` on the first `--examples` test images. `table`
+prints mean ± spread (half the range over the seeds). Each phase skips what OUT already holds, so an
+interrupted phase is continued by running it again. `--quick` is the smoke test of tests/test_bench.py
+(1 epoch, k = 10, 200 test images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROWS = {"VAE": "vae-mnist-5l-cpu", "VAE + BN": "vae-bn-mnist-5l-cpu", "VAE + BN + WU": "vae-bn-wu-mnist-5l-cpu",
+        "LVAE + BN + WU": "lvae-bn-wu-mnist-5l-cpu"}
+LAYERS = 5
+
+
+def dgm(*args: str) -> dict:
+    """One dgm-dist command with --json; its progress goes to our stderr."""
+    done = subprocess.run([sys.executable, "-m", "dgm_dist.cli", *args, "--json"], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f"dgm-dist {' '.join(args)} failed with status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def train(out: Path, seeds: list[int], quick: bool) -> None:
+    extra = ["--epochs", "1", "--set", "model.iw_samples=10", "--set", "optim.warmup_epochs=0.5"] if quick else []
+    for row, preset in ROWS.items():
+        for seed in seeds:
+            path = out / f"{preset}-seed{seed}.json"
+            if path.exists():
+                continue
+            name = f"ablation-{preset}-seed{seed}" + ("-quick" if quick else "")
+            print(f"== {row}, seed {seed}: dgm-dist train {preset} --set seed={seed}", file=sys.stderr, flush=True)
+            result = dgm("train", preset, "--set", f"seed={seed}", "--run-name", name, *extra)
+            path.write_text(json.dumps({"row": row, "seed": seed, **result}, indent=1))
+
+
+def runs(out: Path) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {row: [] for row in ROWS}
+    for path in sorted(out.glob("*-seed*.json")):
+        run = json.loads(path.read_text())
+        found[run["row"]].append(run)
+    return found
+
+
+def evaluate(out: Path, examples: int, k: int) -> None:
+    for row, row_runs in runs(out).items():
+        if not row_runs:
+            continue
+        best = max(row_runs, key=lambda r: r["metrics"]["valid_iw_ll"])       # chosen on validation
+        path = out / f"k{k}-{ROWS[row]}.json"
+        if path.exists():
+            continue
+        print(f"== {row}: k = {k} on {examples} test images of {best['run_name']}", file=sys.stderr, flush=True)
+        result = dgm("evaluate", best["run_name"], "--iw-samples", str(k), "--examples", str(examples))
+        path.write_text(json.dumps({"row": row, "seed": best["seed"], "run_name": best["run_name"],
+                                    "mlflow_run_id": best["mlflow_run_id"], **result}, indent=1))
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+
+
+def table(out: Path, k: int) -> None:
+    print(f"| row | seeds | test ELBO | test log-lik., k = 100 | k = {k:,} (best by validation; test images) "
+          "| KL per layer (nats) | active units z1…z5 | wall time | MLflow runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row, row_runs in runs(out).items():
+        if not row_runs:
+            continue
+        m = [r["metrics"] for r in row_runs]
+        kl = " / ".join(f"{statistics.mean(x[f'test_kl_layer{i}'] for x in m):.1f}" for i in range(1, LAYERS + 1))
+        units = " / ".join(spread([x[f"test_active_units{i}"] for x in m], 0).replace(" ± 0", "")
+                           for i in range(1, LAYERS + 1))
+        evaluated = out / f"k{k}-{ROWS[row]}.json"
+        far = "–"
+        if evaluated.exists():
+            e = json.loads(evaluated.read_text())
+            far = f"{e['metrics']['test_iw_ll']:.2f} (seed {e['seed']}, {e['examples']:,} images)"
+        print(f"| {row} | {', '.join(str(r['seed']) for r in row_runs)} | {spread([x['test_elbo'] for x in m])} "
+              f"| {spread([x['test_iw_ll'] for x in m])} | {far} | {kl} "
+              f"| {units} = {spread([x['test_active_units'] for x in m], 0)} "
+              f"| {statistics.mean(r['seconds'] for r in row_runs) / 60:.1f} min "
+              f"| {', '.join('`' + r['mlflow_run_id'] + '`' for r in row_runs)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=["train", "evaluate", "table", "all"])
+    parser.add_argument("--out", type=Path, default=Path("runs/lvae_ablation"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--examples", type=int, default=2000, help="test images of the k = 5 000 evaluation")
+    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, k = 10, 200 test images")
+    args = parser.parse_args()
+    if args.quick:
+        args.k, args.examples = 10, 200
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.phase in ("train", "all"):
+        train(args.out, args.seeds, args.quick)
+    if args.phase in ("evaluate", "all"):
+        evaluate(args.out, args.examples, args.k)
+    if args.phase in ("table", "all"):
+        table(args.out, args.k)
+
+
+if __name__ == "__main__":
+    main()
