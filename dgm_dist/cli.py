@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iw-samples", type=int, metavar="K", help="importance samples (VAE models)")
     p.add_argument("--split", default="test", help="test or valid (default: test)")
     p.add_argument("--batch-size", type=int, default=100, metavar="B", help="examples per batch (default 100)")
+    p.add_argument("--examples", type=int, metavar="N",
+                   help="only the first N examples of the split (default: all); logged as <metric>_k<K>_n<N>")
     _add_set_and_json(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -314,13 +316,13 @@ def cmd_evaluate(args) -> dict:
     from dgm_dist.training.launcher import storage_path
     from dgm_dist.training.reevaluate import evaluate_run, find_checkpoint
 
-    if args.iw_samples is not None and args.iw_samples < 1 or args.batch_size < 1:
-        raise DgmError("--iw-samples and --batch-size must be >= 1")
+    if any(v is not None and v < 1 for v in (args.iw_samples, args.batch_size, args.examples)):
+        raise DgmError("--iw-samples, --batch-size and --examples must be >= 1")
     cfg = load_config(overrides=args.overrides)
     uri = resolve_uri(cfg.tracking)
     checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    result = evaluate_run(checkpoint, args.split, args.iw_samples, args.batch_size, out)
+    result = evaluate_run(checkpoint, args.split, args.iw_samples, args.batch_size, out, args.examples)
     _log_evaluation(uri, checkpoint, result)
     if not args.json:
         for k, v in result["metrics"].items():
@@ -335,6 +337,8 @@ def _log_evaluation(uri: str, checkpoint, result: dict) -> None:
     from dgm_dist.tracking import run_for_checkpoint
 
     suffix = f"_k{result['metrics']['iw_samples']}" if "iw_samples" in result["metrics"] else "_offline"
+    if result["examples"] < result["split_size"]:           # a part of the split: never mistaken for all of it
+        suffix += f"_n{result['examples']}"
     run_id = run_for_checkpoint(uri, checkpoint)
     if run_id:
         client = MlflowClient(uri)

@@ -105,3 +105,16 @@ def test_gpu_check_without_a_gpu_says_so_and_stops():
     done = subprocess.run([str(BENCH / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 2 and "no usable NVIDIA GPU here" in done.stderr and "--quick" in done.stderr
+
+
+def test_lvae_ablation_trains_every_row_then_evaluates_the_best_by_validation(tmp_path):
+    out = run("lvae_ablation.py", "all", "--quick", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "runs"),
+              timeout=600)
+    table = {row: rows(out, row) for row in ("VAE", "VAE + BN", "VAE + BN + WU", "LVAE + BN + WU")}
+    assert all(len(r) == 1 for r in table.values()), out
+    for (cells,) in table.values():
+        assert cells[1] == "0" and float(cells[2]) < 0 and float(cells[3]) < 0       # one seed: ELBO, k = 5
+        assert re.fullmatch(rf"-{NUMBER} / -{NUMBER} \(seed 0, N = 200\)", cells[4]), cells
+        assert len(cells[5].split(" / ")) == 2                                        # KL of both layers
+    evaluated = sorted(p.name for p in (tmp_path / "out").glob("k*-*.json"))
+    assert len(evaluated) == 8 and evaluated[0] == "k10-lvae-bn-wu-mnist-5l-cpu.json"

@@ -174,7 +174,7 @@ def test_active_units_count_posterior_means_that_vary_over_the_data():
 
 def _dependent_upper_layers(cls, scale: float = 1.5):
     """A 3-layer model whose upper posteriors q(z_i|z_{i-1}) (VAE) and top-down priors depend strongly
-    on the layer below/above: the case an untrained model hides (docs/models.md, "the VAE's KL")."""
+    on the layer below/above: the case an untrained model hides (docs/models.md, the objective)."""
     model = _model(cls, x_dim=8)
     nets = list(model.up[1:]) + list(model.down)
     with torch.no_grad():

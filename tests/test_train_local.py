@@ -267,6 +267,17 @@ def test_ladder_vae_run_then_offline_evaluation(capsys, root, data_dir):
     logged = _client(root).get_run(s["mlflow_run_id"]).data.metrics
     assert logged["test_iw_ll_k50"] == pytest.approx(r["metrics"]["test_iw_ll"])
 
+    # a part of the split: its own metric name, so it is never read as the whole test set's figure
+    code = main(["evaluate", "ladder", "--iw-samples", "50", "--examples", "40", "--json",
+                 "--set", f"tracking.root={root}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    part = json.loads(out)
+    assert (part["examples"], part["split_size"]) == (40, 130) and "evaluated 40/40 test examples" in err
+    logged = _client(root).get_run(s["mlflow_run_id"]).data.metrics
+    assert logged["test_iw_ll_k50_n40"] == pytest.approx(part["metrics"]["test_iw_ll"])
+    assert logged["test_iw_ll_k50"] == pytest.approx(r["metrics"]["test_iw_ll"])     # untouched
+
 
 def test_evaluate_refuses_what_does_not_apply(capsys, root):
     assert main(["evaluate", "no-such-run", "--set", f"tracking.root={root}"]) == 2

@@ -77,7 +77,8 @@ def load_trained(checkpoint: Path) -> tuple[Config, torch.nn.Module, dict[str, A
 
 @torch.no_grad()
 def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None = None, batch_size: int = 100,
-                 out: Callable[[str], Any] | None = print) -> dict[str, Any]:
+                 out: Callable[[str], Any] | None = print, examples: int | None = None) -> dict[str, Any]:
+    """The model of `checkpoint` on `split` (its first `examples` only, if given)."""
     cfg, model, saved = load_trained(checkpoint)
     spec = model_spec(cfg.model.name)
     data = training_data.prepare(load_from_config(cfg.data, download=False), cfg.data, spec.streams)
@@ -92,6 +93,8 @@ def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None =
     model.eval()
     torch.manual_seed(cfg.seed)
     x, y = data.eval_sets[split]
+    split_size = len(x)
+    x, y = x[:examples], y[:examples]
     totals: dict[str, torch.Tensor] = {}
     started, last_print = time.time(), 0.0
     for i in range(0, len(x), batch_size):
@@ -111,5 +114,5 @@ def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None =
     if iw_samples is not None:
         result["iw_samples"] = iw_samples
     return {"checkpoint": str(checkpoint), "model": cfg.model.name, "dataset": cfg.data.dataset,
-            "epoch": saved["epoch"] + 1, "examples": len(x), "metrics": result,
+            "epoch": saved["epoch"] + 1, "examples": len(x), "split_size": split_size, "metrics": result,
             "seconds": round(time.time() - started, 1)}
