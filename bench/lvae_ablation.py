@@ -39,8 +39,10 @@ def dgm(*args: str) -> dict:
 
 
 def train(out: Path, seeds: list[int], quick: bool) -> None:
-    extra = ["--epochs", "1", "--set", "model.latent=4,2", "--set", "model.hidden=32,16", "--set", "model.iw_samples=5",
-             "--set", "data.validation=500", "--set", "optim.warmup_epochs=0.5"] if quick else []
+    quick_sizes = {"model.latent": "4,2", "model.hidden": "32,16", "model.iw_samples": "5", "data.validation": "500",
+                   "optim.warmup_epochs": "0.5"}
+    extra = ["--workers", "0", "--epochs", "1", *(a for k, v in quick_sizes.items() for a in ("--set", f"{k}={v}"))] \
+        if quick else []
     for row, preset in ROWS.items():
         for seed in seeds:
             path = out / f"{preset}-seed{seed}.json"
