@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 NUMBER = r"[\d,]+(?:\.\d+)?"
 
@@ -118,3 +120,11 @@ def test_lvae_ablation_trains_every_row_then_evaluates_the_best_by_validation(tm
         assert len(cells[5].split(" / ")) == 2                                        # KL of both layers
     evaluated = sorted(p.name for p in (tmp_path / "out").glob("k*-*.json"))
     assert len(evaluated) == 8 and evaluated[0] == "k10-lvae-bn-wu-mnist-5l-cpu.json"
+
+
+def test_vae_kl_bias_separates_the_old_closed_form_from_the_unbiased_estimates():
+    out = run("vae_kl_bias.py", "--quick")
+    (cells,) = rows(out, "quick")
+    corrected, old, iw1, gap = (float(c) for c in cells[2:6])
+    assert abs(corrected - iw1) < 0.1                  # both unbiased for the ELBO: Monte Carlo error only
+    assert gap == pytest.approx(old - corrected, abs=2e-3) and gap > 0.5     # the old objective's bias
