@@ -23,8 +23,8 @@ Each layer's term is computed with the lowest-variance estimate that is still un
   the sampled parent z_{i+1}. Valid because z_{i+1} is drawn before z_i (LVAE: q runs top-down like p)
   or p has no parent (p(z_L) = N(0, I)), so integrating z_i out leaves the parent's distribution alone.
 - the VAE's layers below the top: q(z_{i+1}|z_i) is drawn FROM z_i, so z_{i+1} depends on z_i and the
-  closed form given z_{i+1} is not the ELBO (it overstated the bound by 1-1.4 nats on trained
-  models: docs/results.md §2). Here the term is q's analytic entropy minus log p(z_i|z_{i+1}) at the
+  closed form given z_{i+1} is not the ELBO (off by 0.3-6.3 nats, either way, on trained models:
+  docs/results.md §2). Here the term is q's analytic entropy minus log p(z_i|z_{i+1}) at the
   joint draw.
 The per-layer terms are the metrics `kl_layer<i>`: summed, they are KL(q(z|x) || p(z)) in expectation
 (the original code's `KL_qp`). The importance-weighted bound with k samples,
