@@ -10,7 +10,7 @@ each run's JSON in OUT. `evaluate` takes the best run of each row by its VALIDAT
 test set) to `dgm-dist evaluate RUN --iw-samples K --examples N` with K = 100 and 5 000 on the same
 first N test images. `table` prints mean ± spread (half the range over the seeds). Each phase skips
 what OUT already holds, so an interrupted phase is continued by running it again. `--quick` is the
-smoke test of tests/test_bench.py (a 2-layer model of 1 epoch, one seed, k = 5 and 10, 200 images).
+smoke test of tests/test_bench.py (VAE and LVAE rows, a 2-layer model of 1 epoch, one seed, k = 5 and 10).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ ROWS = {"VAE": "vae-mnist-5l-cpu", "VAE + BN": "vae-bn-mnist-5l-cpu", "VAE + BN 
         "LVAE + BN + WU": "lvae-bn-wu-mnist-5l-cpu"}
 
 
-ROOT: list[str] = []        # `--set tracking.root=DIR` when --root is given
+ROOT: list[str] = []        # `--set tracking.root=DIR` when --root is given (train and evaluate)
+TRAIN: list[str] = []       # --data-dir / --dataset / --set given to the driver, passed to every training
 
 
 def dgm(*args: str) -> dict:
@@ -39,18 +40,20 @@ def dgm(*args: str) -> dict:
 
 
 def train(out: Path, seeds: list[int], quick: bool) -> None:
+    """Every row and seed (`--quick`: the first and last row, one seed)."""
     quick_sizes = {"model.latent": "4,2", "model.hidden": "32,16", "model.iw_samples": "5", "data.validation": "500",
                    "optim.warmup_epochs": "0.5"}
     extra = ["--workers", "0", "--epochs", "1", *(a for k, v in quick_sizes.items() for a in ("--set", f"{k}={v}"))] \
         if quick else []
-    for row, preset in ROWS.items():
+    rows = {r: ROWS[r] for r in ("VAE", "LVAE + BN + WU")} if quick else ROWS
+    for row, preset in rows.items():
         for seed in seeds:
             path = out / f"{preset}-seed{seed}.json"
             if path.exists():
                 continue
             name = f"ablation-{preset}-seed{seed}" + ("-quick" if quick else "")
             print(f"== {row}, seed {seed}: dgm-dist train {preset} --set seed={seed}", file=sys.stderr, flush=True)
-            result = dgm("train", preset, "--set", f"seed={seed}", "--run-name", name, *extra)
+            result = dgm("train", preset, "--set", f"seed={seed}", "--run-name", name, *extra, *TRAIN)
             path.write_text(json.dumps({"row": row, "seed": seed, **result}, indent=1))
 
 
@@ -117,10 +120,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--examples", type=int, default=5000, help="test images of the k = 5 000 evaluation")
     parser.add_argument("--root", help="where runs, checkpoints and MLflow go (tracking.root; default: runs)")
+    parser.add_argument("--dataset", help="train on this dataset instead of the presets'")
+    parser.add_argument("--data-dir", help="the dataset's directory (dgm-dist train --data-dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--quick", action="store_true", help="smoke test: a 2-layer model, 1 epoch, one seed")
     args = parser.parse_args()
     if args.root:
         ROOT.extend(["--set", f"tracking.root={args.root}"])
+    TRAIN.extend(["--dataset", args.dataset] if args.dataset else [])
+    TRAIN.extend(["--data-dir", args.data_dir] if args.data_dir else [])
+    TRAIN.extend(a for item in args.set for a in ("--set", item))
     ks = (5, 10) if args.quick else (100, 5000)
     if args.quick:
         args.examples, args.seeds = 200, args.seeds[:1]
