@@ -5,7 +5,7 @@
 For ADGM and SDGM (2x500 ReLU MLPs, a = z = 100, MNIST-sized inputs) with 1 and 5 Monte Carlo
 samples, one run measures training steps (forward, backward, Adam) of a labelled batch of 100 plus
 an unlabelled batch of 100, and prints unlabelled examples/s of the factored networks (the x term
-computed once per example, papers.md 1.3) and of the naive ones (inputs concatenated per enumerated
+computed once per example, docs/models.md) and of the naive ones (inputs concatenated per enumerated
 class), interleaved so that both see the same machine state, and their ratio.
 """
 

@@ -55,7 +55,7 @@ class ModelConfig:
     output: str = choice("bernoulli", "bernoulli", "gaussian")
     batch_norm: str = choice("off", "off", "running", "full_train")
     dropout: float = bounded(0.0, 0.0, 0.99)
-    channels: tuple[int, ...] = (96, 96, 96)   # conv layers of the CNN classifiers (papers.md 3.4)
+    channels: tuple[int, ...] = (96, 96, 96)   # conv layers of the CNN classifiers (docs/models.md)
     mc_samples: int = bounded(1, 1)            # Monte Carlo samples of a (and z) per example in training
     eval_samples: int = bounded(100, 1)        # draws of a averaged by q(y|a,x) at test time (paper: 100)
     predict: str = choice("sample", "sample", "mean")   # "mean": a at the mean of q(a|x), deterministic
@@ -66,7 +66,7 @@ class ModelConfig:
     batch_norm_heads: bool = False             # VAE/LVAE: batch norm on the mean/variance heads (original code)
     iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood
     downsample: float = bounded(1.0, 1.0)      # SPN glimpse (CNN: resized input) = input / downsample
-    loc_channels: tuple[int, ...] = (20, 20, 20)   # SPN localisation convs (papers.md 3.3)
+    loc_channels: tuple[int, ...] = (20, 20, 20)   # SPN localisation convs (docs/models.md)
     loc_hidden: int = bounded(200, 1)          # CNN-SPN: localisation dense units; RNN-SPN: GRU units (256)
 
 

@@ -20,7 +20,7 @@ register_preset("mlp-mnist100", "labelled-data-only baseline of the ADGM paper: 
     "scaling": {"checkpoint_every": 50, "report_every": 10},       # an epoch is one step of 100 labels
 })
 
-# Cluttered digit sequences (RNN-SPN paper; papers.md 3.3-3.4): RMSprop 5e-4 (Lasagne's rho 0.9),
+# Cluttered digit sequences (RNN-SPN paper; docs/models.md): RMSprop 5e-4 (Lasagne's rho 0.9),
 # batch 100, up to 300 epochs, LR / 1.5 every 10 epochs after 30, early stop after 50 epochs
 # without a better validation error. RNN-SPN: elementwise clip 1 then total-norm 5, GRU 256, 32-channel
 # classifier shared over the glimpses, downsample 3 (33x33 glimpses). CNN-SPN (the original's FFN-SPN):
@@ -50,7 +50,7 @@ for _name, (_what, _model, _optim) in _SEQ_MODELS.items():
         "data": _SEQ_CPU_DATA, "model": _model, "optim": {**_SEQ_OPTIM, **_optim, "epochs": 100, "patience": 10},
         "scaling": {"cpus_per_worker": 2}})
 
-# ADGM / SDGM / M2: the released SDGM MNIST script's recipe (papers.md 1.3, 5): 2x500 ReLU MLPs,
+# ADGM / SDGM / M2: the released SDGM MNIST script's recipe (docs/models.md): 2x500 ReLU MLPs,
 # a = z = 100, Adam 3e-4 x0.75 every 200 epochs (floor 3e-5), norm clip 5 then value clip 1,
 # unlabelled batch 100 + the whole labelled set (100) per step, alpha = 0.1 N / N_l, 5 MC samples,
 # dynamic binarization, test error with q(y|a,x) averaged over 100 draws of a, evaluated every 10
@@ -90,7 +90,7 @@ register_preset("mlp-fashion100", "labelled-data-only baseline: MLP on 100 Fashi
     "optim": {"optimizer": "adam", "lr": 3e-4, "batch_size": 100, "epochs": 1000},
     "scaling": {"checkpoint_every": 100, "report_every": 20}})     # an epoch is one step of 100 labels
 
-# Ladder VAE ablation (the LVAE paper's table; papers.md 2.3): 5 stochastic layers 64-32-16-8-4 with
+# Ladder VAE ablation (the LVAE paper's table; docs/models.md): 5 stochastic layers 64-32-16-8-4 with
 # 2-layer leaky-ReLU MLPs of 512-256-128-64-32, Adam 2e-4 (the README command), batch 256, 2000
 # epochs, warm-up over 200 epochs, total-norm clip 4 then elementwise 0.9, batch-norm statistics from
 # the full training set at evaluation. The periodic evaluations use k = 100 importance samples; the

@@ -1,4 +1,4 @@
-"""The math of the hierarchical VAE and the Ladder VAE (papers.md 2.2)."""
+"""The math of the hierarchical VAE and the Ladder VAE (docs/models.md)."""
 
 import math
 
@@ -103,7 +103,7 @@ def test_full_training_set_batch_norm_statistics_equal_a_manual_computation():
 @torch.no_grad()
 def test_ladder_passes_posterior_samples_down():
     """The top-down network of layer i must see the POSTERIOR sample z_{i+1} (a public port passed
-    prior samples: papers.md 4)."""
+    prior samples: docs/models.md)."""
     model = _model(LadderVAE)
     seen = []
     model.down[1].register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))

@@ -1,4 +1,4 @@
-"""Spatial transformers and the sequence models built on them (RNN-SPN paper; papers.md 3.3-3.4)."""
+"""Spatial transformers and the sequence models built on them (RNN-SPN paper; docs/models.md)."""
 
 import pytest
 import torch

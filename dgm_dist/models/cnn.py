@@ -1,6 +1,6 @@
 """Classifiers of cluttered digit sequences: the shared pieces, and the plain CNN baseline.
 
-The CNN baseline is not in the original code (papers.md 3.4). Here it is the FFN-SPN's classifier
+The CNN baseline is not in the original code (docs/models.md). Here it is the FFN-SPN's classifier
 (three 3x3 convolutions with max-pooling, a dense layer of 400, one softmax head per digit
 position) applied to the whole image resized by `downsample`, i.e. what the CNN-SPN sees when its
 transformer stays at the identity. So the comparison with the SPN models isolates the transformer.
@@ -15,7 +15,7 @@ from torch import nn
 
 def conv_stack(in_channels: int, channels: tuple[int, ...], dropout: float) -> nn.Sequential:
     """Valid 3x3 convolutions with ReLU; a 2x2 max-pool (and dropout) after every one but the last
-    (the layout of the original classifiers, papers.md 3.3-3.4)."""
+    (the layout of the original classifiers, docs/models.md)."""
     layers: list[nn.Module] = []
     for i, c in enumerate(channels):
         layers += [nn.Conv2d(in_channels, c, 3), nn.ReLU()]

@@ -1,7 +1,7 @@
 """Building blocks of the generative models: multi-input MLPs and Gaussian heads.
 
 A network over several inputs (`[x, a, y]`) has one linear map per input in its first layer, summed,
-as the ADGM/SDGM code does (papers.md 1.3, "first-layer merge"). Inputs broadcast against each other,
+as the ADGM/SDGM code does (docs/models.md, "the first-layer merge"). Inputs broadcast against each other,
 so when the classes are enumerated for an unlabelled example the `x` term is computed once and added
 to the ten `y` terms, instead of multiplying a copy of x by the weights ten times. `factored=False`
 computes the same function the naive way (inputs expanded and concatenated, one matrix product), for

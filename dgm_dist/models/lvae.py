@@ -1,4 +1,4 @@
-"""Hierarchical VAE and Ladder VAE (Sønderby et al. 2016; papers.md 2.2).
+"""Hierarchical VAE and Ladder VAE (Sønderby et al. 2016; docs/models.md).
 
 VAE:   q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1});             p(z_L) p(z_{L-1}|z_L) ... p(x|z_1)
 LVAE:  a deterministic bottom-up pass d_i = MLP(mu_hat_{i-1}) gives (mu_hat_i, var_hat_i) (the code's
@@ -139,7 +139,7 @@ class HierarchicalVAE(nn.Module):
     @torch.no_grad()
     def prepare_evaluation(self, train_x: torch.Tensor, seed: int = 0) -> None:
         """`batch_norm=full_train`: batch-norm statistics recomputed on the whole training set in one
-        batch before evaluation, as the original code did (papers.md 2.3). The draw is seeded, so
+        batch before evaluation, as the original code did (docs/models.md). The draw is seeded, so
         every worker computes the same statistics."""
         if self.batch_norm != "full_train":
             return

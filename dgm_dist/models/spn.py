@@ -1,4 +1,4 @@
-"""Spatial transformer networks for cluttered digit sequences (Sønderby et al. 2015; papers.md 3.3-3.4).
+"""Spatial transformer networks for cluttered digit sequences (Sønderby et al. 2015; docs/models.md).
 
 - `SpatialTransformer`: an affine theta per glimpse, a sampling grid (`affine_grid`) and bilinear
   sampling (`grid_sample`) of the original image; the glimpse is the input size / `downsample`.
@@ -73,7 +73,7 @@ def glimpse_corners(theta: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def localisation_features(image_size: int, channels: tuple[int, ...], dropout: float) -> tuple[nn.Module, int]:
-    """MaxPool 2, then the conv stack (papers.md 3.3: 100 -> 50 -> 48 -> 24 -> 22 -> 11 -> 9, i.e.
+    """MaxPool 2, then the conv stack (docs/models.md: 100 -> 50 -> 48 -> 24 -> 22 -> 11 -> 9, i.e.
     20 x 9 x 9 features). Returns the module and its flattened output size."""
     side = conv_output_size(image_size // 2, len(channels))
     if side < 1:

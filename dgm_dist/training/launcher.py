@@ -2,7 +2,7 @@
 per-worker loop under a `TorchTrainer`, and track the run in MLflow from the driver.
 
 A run is named; running again with the same name and storage path resumes it from its latest
-checkpoint (Ray Train V2's resume key, stack.md 1.4).
+checkpoint (Ray Train V2's resume key, docs/training.md).
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class RaySession:
         self.scaling, self.verbose, self.started = scaling, verbose, False
         self.resources = resources or {}      # custom resources of the embedded Ray (Tune's trial drivers)
         # Tune needs the dashboard: Train's placement groups of trials Tune stopped are freed by a
-        # cleaner that reads the State API, which the dashboard serves (stack.md 2.3). 127.0.0.1 only.
+        # cleaner that reads the State API, which the dashboard serves (docs/training.md). 127.0.0.1 only.
         self.dashboard = dashboard or verbose
 
     def __enter__(self):

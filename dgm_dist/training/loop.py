@@ -40,7 +40,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     local_dir = Path(config["local_dir"]) if config.get("local_dir") else None   # local mode only
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    checkpoint = ray.train.get_checkpoint()          # once, at the top (stack.md 1.4)
+    checkpoint = ray.train.get_checkpoint()          # once, at the top (docs/training.md)
 
     # ---- data and model -------------------------------------------------------------------------
     spec = model_spec(cfg.model.name)

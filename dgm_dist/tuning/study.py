@@ -1,4 +1,4 @@
-"""Run a study: Ray Tune over the training engine, one `TorchTrainer` per trial (stack.md 2).
+"""Run a study: Ray Tune over the training engine, one `TorchTrainer` per trial (docs/training.md).
 
 Each trial is a function that builds the trial's run config (the study's base with the sampled
 parameters), a `TorchTrainer` named after the trial (a restarted trial resumes from its Train
