@@ -62,6 +62,9 @@ class ModelConfig:
     alpha: float = bounded(0.1, 0.0)           # classification weight, times N / N_l
     factored: bool = True                      # per-input first layers, x term computed once per example
     weight_prior: bool = False                 # N(0, 1) prior on the weights (the original code)
+    shared_noise: bool = True                  # ADGM/SDGM/M2: one z draw shared by the enumerated classes
+    mc_average: str = choice("bounds", "bounds", "probabilities")   # K > 1: average U, or q(y|a,x) (released code)
+    unlabelled_weight: float = bounded(1.0, 0.0)   # weight of the unlabelled bound (0: the ablation without it)
     share: bool = True                         # LVAE: p shares q's top-down nets (paper); false: own (released code)
     batch_norm_heads: bool = False             # VAE/LVAE: batch norm on the mean/variance heads (original code)
     iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood

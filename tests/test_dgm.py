@@ -26,7 +26,7 @@ def _model(cls, **kw):
 
 @pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
 def test_enumerated_unlabelled_bound_equals_the_explicit_sum_over_classes(cls, monkeypatch):
-    monkeypatch.setattr(dgm, "sample_normal", lambda mu, logvar: mu)     # deterministic draws
+    monkeypatch.setattr(dgm, "sample_normal", lambda mu, logvar, eps=None: mu)     # deterministic draws
     model = _model(cls)
     x, y = _data()
     _, unlabelled, _ = model.labelled_and_unlabelled(x, y, x, beta=0.7)
@@ -47,7 +47,7 @@ def test_one_draw_of_a_serves_the_classifier_and_every_class(cls, monkeypatch):
     seen = {"classifier": [], "bound": []}
     real_logits, real_bound = model.class_logits, model.bound
     monkeypatch.setattr(model, "class_logits", lambda x, a: seen["classifier"].append(a) or real_logits(x, a))
-    monkeypatch.setattr(model, "bound", lambda x, a, lq, y, b: seen["bound"].append(a) or real_bound(x, a, lq, y, b))
+    monkeypatch.setattr(model, "bound", lambda x, a, lq, y, b, *e: seen["bound"].append(a) or real_bound(x, a, lq, y, b, *e))
     x, y = _data()
     model.labelled_and_unlabelled(x, y, x + 0, beta=1.0)
     a_unlabelled = seen["classifier"][-1]
@@ -144,3 +144,154 @@ def test_variances_are_not_forced_above_one():
         model.q_a_head.logvar.bias.fill_(-3.0)
     _, logvar = model.aux_posterior(_data()[0])
     assert (logvar < 0).all()
+
+
+# ---- the unlabelled bound's estimator (docs/models.md) ----------------------------------------------
+
+def _class_dependent(cls):
+    """A model whose classes differ by 2-3 nats and whose bound depends strongly on z: the regime of
+    a trained model, where independent per-class draws of z bury the differences in noise."""
+    model = _model(cls)
+    with torch.no_grad():
+        model.p_x.first.maps["y"].weight.mul_(10)
+        model.p_x.first.maps["z"].weight.mul_(10)
+    return model
+
+
+def _enumerated_draws(model, shared: bool, rows: int, seed: int = 1):
+    torch.manual_seed(seed)
+    x, _ = _data(n=3, seed=0)                   # (its Bernoulli draw takes the global generator)
+    model.shared_noise = shared
+    with torch.no_grad():
+        return model.enumerated(x.repeat_interleave(rows, 0), 1.0)[1].view(3, rows, 10)
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_shared_class_noise_estimates_every_class_bound_without_bias(cls):
+    model, rows = _class_dependent(cls), 20_000
+    shared, independent = (_enumerated_draws(model, s, rows) for s in (True, False))
+    gap = (shared.mean(1) - independent.mean(1)).abs()
+    se = ((shared.var(1) + independent.var(1)) / rows).sqrt()
+    assert se.max() < 0.3                       # tight enough to see a bias of a fraction of a nat
+    assert (gap < 5 * se).all(), (gap / se).max()
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_shared_class_noise_cuts_the_variance_of_class_differences(cls):
+    model = _class_dependent(cls)
+    var = {s: (lambda b: (b[..., 1:] - b[..., :1]).var(1).mean())(_enumerated_draws(model, s, 4000))
+           for s in (True, False)}
+    assert var[False].sqrt() > 5                # the independent draws' noise, in nats
+    assert var[True] < 0.3 * var[False]         # measured 0.08-0.13
+
+
+def test_shared_class_noise_is_one_draw_for_all_classes(monkeypatch):
+    model = _model(SDGM)
+    seen = []
+    real = dgm.sample_normal
+    monkeypatch.setattr(dgm, "sample_normal", lambda mu, logvar, eps=None: seen.append(eps) or real(mu, logvar, eps))
+    x, _ = _data()
+    model.enumerated(x, 1.0)
+    eps = seen[-1]                              # z's noise in the enumerated bound
+    assert eps is not None and eps.shape == (len(x), 1, 4)
+    model.shared_noise = False
+    model.enumerated(x, 1.0)
+    assert seen[-1] is None                     # each class draws its own
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_both_k_sample_estimators_agree_for_one_sample(cls):
+    x, y = _data()
+    out = {}
+    for average in ("bounds", "probabilities"):
+        model = _model(cls, mc_average=average)
+        torch.manual_seed(3)
+        out[average] = model.labelled_and_unlabelled(x, y, x + 0, beta=0.8)
+    for a, b in zip(out["bounds"], out["probabilities"], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_k_sample_estimators_average_the_bounds_or_the_class_probabilities(cls):
+    """K = 3 draws per example equal K = 1 on each example repeated 3 times (the same random
+    stream); from those per-draw terms, "bounds" averages U and the cross-entropy, and
+    "probabilities" averages q(y|a,x) before the entropy and the cross-entropy (released code)."""
+    k, beta = 3, 0.8
+    x, y = _data()
+    one = _model(cls)
+    if cls.has_aux:                             # a q(y|a,x) that depends on the draw of a
+        with torch.no_grad():
+            one.q_y.first.maps["a"].weight.mul_(10)
+    enumerated, logits = [], []
+    real_enumerated, real_logits = one.enumerated, one.class_logits
+    one.enumerated = lambda xu, b: enumerated.append(real_enumerated(xu, b)) or enumerated[-1]
+    one.class_logits = lambda xx, a: logits.append(real_logits(xx, a)) or logits[-1]
+    torch.manual_seed(5)
+    lab1, u1, ce1 = one.labelled_and_unlabelled(x.repeat_interleave(k, 0), y.repeat_interleave(k, 0),
+                                                x.repeat_interleave(k, 0), beta)
+    (log_qy, per_class), log_qy_l = enumerated[0], F.log_softmax(logits[0], -1)   # logits[0]: labelled
+    for average in ("bounds", "probabilities"):
+        model = _model(cls, mc_samples=k, mc_average=average)
+        model.load_state_dict(one.state_dict())
+        torch.manual_seed(5)
+        lab, u, ce = model.labelled_and_unlabelled(x, y, x + 0, beta)
+        if average == "bounds":
+            expected = (lab1, u1, ce1)
+        else:
+            q = log_qy.exp().view(-1, k, 10).mean(1)
+            q_l = log_qy_l.exp().view(-1, k, 10).mean(1)
+            expected = (lab1.view(-1, k).mean(1),
+                        (q * (per_class.view(-1, k, 10).mean(1) - beta * q.log())).sum(-1),
+                        -q_l.log().gather(1, y[:, None]).squeeze(1))
+        for got, want in zip((lab, u, ce), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # they differ where q(y|a,x) depends on a; M2's q(y|x) has no a, and there they are the same
+    assert torch.allclose(u1.view(-1, k).mean(1), expected[1], atol=1e-3) == (not cls.has_aux)
+
+
+def test_an_unknown_k_sample_estimator_is_refused():
+    with pytest.raises(ValueError, match="mc_average"):
+        _model(ADGM, mc_average="mean")
+
+
+# ---- the unlabelled term's weight (the ablation) ----------------------------------------------------
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 2.5])
+def test_unlabelled_weight_scales_the_unlabelled_term_of_the_loss(weight):
+    x, y = _data()
+    model = _model(SDGM, unlabelled_weight=weight)
+    torch.manual_seed(2)
+    lab, u, ce = model.labelled_and_unlabelled(x, y, x + 0, 1.0)
+    torch.manual_seed(2)
+    loss, sums = model(x=x, y=y, x_unlabelled=x + 0)
+    want = -lab.mean() - weight * u.mean() + model.classification_weight * ce.mean()
+    torch.testing.assert_close(loss, want)
+    assert torch.isfinite(sums["unlabelled_elbo_sum"])           # still reported when switched off
+
+
+def test_without_the_unlabelled_term_no_gradient_comes_from_unlabelled_images():
+    x, y = _data()
+    grads = []
+    for x_u in (x + 0, torch.ones_like(x)):                      # two different unlabelled batches
+        model = _model(SDGM, unlabelled_weight=0.0)
+        torch.manual_seed(2)
+        model(x=x, y=y, x_unlabelled=x_u)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+# ---- prediction at the factored cost ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [ADGM, SDGM])
+def test_prediction_computes_the_x_term_once_for_all_draws_of_a(cls):
+    fast, slow = _model(cls, eval_samples=7).eval(), _model(cls, eval_samples=7, factored=False).eval()
+    slow.load_state_dict(fast.state_dict())
+    shapes = []
+    fast.q_y.first.maps["x"].register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    x, _ = _data(n=5)
+    torch.manual_seed(4)
+    got = fast.classify(x)
+    torch.manual_seed(4)
+    want = slow.classify(x)                     # x expanded to every draw, concatenated with a
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert shapes == [(5, 12)]                  # one x term, not (7, 5, 12)

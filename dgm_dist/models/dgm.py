@@ -1,5 +1,5 @@
 """Semi-supervised deep generative models: M2 (Kingma et al. 2014), the auxiliary deep generative
-model (ADGM) and the skip deep generative model (SDGM) (Maaløe et al. 2016; papers.md 1).
+model (ADGM) and the skip deep generative model (SDGM) (Maaløe et al. 2016; docs/models.md).
 
 Inference, shared by ADGM and SDGM:  q(a|x) q(y|a,x) q(z|a,y,x)
 Generative, ADGM:                    p(y) p(z) p(x|y,z) p(a|x,y,z)
@@ -10,11 +10,21 @@ Bounds (paper eqs. for L and U): with a ~ q(a|x) and z ~ q(z|a,x,y),
   L(x,y) = log p(x|.) + log p(a|.) + log p(y) - log q(a|x) - KL(q(z|a,x,y) || p(z))
   U(x)   = sum_y q(y|a,x) (L(x,y) - log q(y|a,x))
 U enumerates the classes in one batched pass, and ONE draw of a serves both q(y|a,x) and every
-L(x,y) ("the expectation over a is outside the sum over y", papers.md 1.2). The KL of z is analytic;
-the a terms are single-sample Monte Carlo (p(a|.) depends on the sampled z). The objective, as the
-released code assembles it (papers.md 1.3), gives the labelled and unlabelled means equal weight:
-  loss = -(mean L + mean U) + alpha * N / N_l * mean CE(q(y|a,x), y) [- log N(W; 0, 1) / N]
-A KL warm-up weight beta multiplies every term but log p(x|.) (beta = 1 without warm-up).
+L(x,y) ("the expectation over a is outside the sum over y"). The KL of z is analytic; the a terms
+are single-sample Monte Carlo (p(a|.) depends on the sampled z). The objective, as the released
+code assembles it, gives the labelled and unlabelled means equal weight:
+  loss = -(mean L + w * mean U) + alpha * N / N_l * mean CE(q(y|a,x), y) [- log N(W; 0, 1) / N]
+w = `unlabelled_weight` (1; 0 is the ablation without the unlabelled term). A KL warm-up weight
+beta multiplies every term but log p(x|.) (beta = 1 without warm-up).
+
+Two estimator choices (docs/models.md, "the unlabelled bound's estimator"):
+- `shared_noise`: the enumerated classes of an unlabelled example share one standard-normal draw
+  for z (common random numbers). Each L(x,y) stays unbiased; the differences L(x,y) - L(x,y'),
+  which are what the classifier learns from, lose most of their Monte Carlo noise. False: one
+  independent draw per class, as the released code.
+- `mc_average` with K = `mc_samples` > 1: "bounds" averages the per-sample U and cross-entropy;
+  "probabilities" averages q(y|a,x) over the K draws of a first, then takes the entropy and the
+  cross-entropy of the average, as the released SDGM code. The two agree for K = 1.
 """
 
 from __future__ import annotations
@@ -55,10 +65,14 @@ class SemiSupervisedDGM(nn.Module):
     def __init__(self, x_dim: int, num_classes: int, *, hidden=(500, 500), latent: int = 100, aux: int = 100,
                  output: str = "bernoulli", batch_norm: bool = False, mc_samples: int = 1, alpha: float = 0.1,
                  n_unlabelled: int = 1, n_labelled: int = 1, eval_samples: int = 100, predict: str = "sample",
-                 factored: bool = True, weight_prior: bool = False):
+                 factored: bool = True, weight_prior: bool = False, shared_noise: bool = True,
+                 mc_average: str = "bounds", unlabelled_weight: float = 1.0):
         super().__init__()
         self.x_dim, self.num_classes, self.latent, self.aux = x_dim, num_classes, latent, aux
+        if mc_average not in ("bounds", "probabilities"):
+            raise ValueError(f"mc_average={mc_average!r}: expected 'bounds' or 'probabilities'")
         self.mc_samples, self.eval_samples, self.predict = mc_samples, eval_samples, predict
+        self.shared_noise, self.mc_average, self.unlabelled_weight = shared_noise, mc_average, unlabelled_weight
         self.classification_weight = alpha * n_unlabelled / max(1, n_labelled)   # 0.1 N / N_l
         self.weight_prior_scale = 1.0 / n_unlabelled if weight_prior else 0.0
         self.register_buffer("classes", torch.eye(num_classes), persistent=False)
@@ -83,25 +97,44 @@ class SemiSupervisedDGM(nn.Module):
 
     # ---- objectives -----------------------------------------------------------------------------
     def labelled_and_unlabelled(self, x, y, x_u, beta: float):
+        """Per example: the labelled bound L(x,y), the unlabelled bound U(x_u) and the cross-entropy
+        of q(y|a,x), each estimated with K = `mc_samples` draws (module docstring)."""
         k = self.mc_samples
         x = x.flatten(1).repeat_interleave(k, 0)                     # K Monte Carlo samples per example
         y = y.repeat_interleave(k, 0)
         x_u = x_u.flatten(1).repeat_interleave(k, 0)
         a, log_qa = self.draw_aux(x) if self.has_aux else (None, None)
         onehot = F.one_hot(y, self.num_classes).to(x.dtype)
-        labelled = self.bound(x[:, None], _axis(a), _axis(log_qa), onehot[:, None], beta).squeeze(1)
-        ce = F.cross_entropy(self.class_logits(x, a), y, reduction="none")
-
-        a_u, log_qa_u = self.draw_aux(x_u) if self.has_aux else (None, None)
-        log_qy = F.log_softmax(self.class_logits(x_u, a_u), dim=-1)                       # (N, C)
-        per_class = self.bound(x_u[:, None], _axis(a_u), _axis(log_qa_u), self.classes[None], beta)  # (N, C)
+        labelled = self.bound(x[:, None], _axis(a), _axis(log_qa), onehot[:, None], beta).squeeze(1)  # (N K,)
+        log_qy_l = F.log_softmax(self.class_logits(x, a), dim=-1)                           # (N K, C)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.unlabelled_weight != 0):
+            log_qy, per_class = self.enumerated(x_u, beta)
+        if self.mc_average == "probabilities" and k > 1:
+            # the released code: q(y|a,x) averaged over the K draws before the log (exactly, in log space)
+            log_qy = _log_mean_over_samples(log_qy, k)
+            per_class = per_class.unflatten(0, (-1, k)).mean(1)
+            labelled = labelled.unflatten(0, (-1, k)).mean(1)
+            log_qy_l, y = _log_mean_over_samples(log_qy_l, k), y[::k]
         unlabelled = (log_qy.exp() * (per_class - beta * log_qy)).sum(-1)
+        ce = F.nll_loss(log_qy_l, y, reduction="none")
         return labelled, unlabelled, ce
+
+    def enumerated(self, x_u: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """log q(y|a,x) and L(x,y) for every class y of each row of `x_u` (N, d): both (N, C), from
+        one draw of a per row, and (with `shared_noise`) one draw of z's noise for all C classes."""
+        a, log_qa = self.draw_aux(x_u) if self.has_aux else (None, None)
+        log_qy = F.log_softmax(self.class_logits(x_u, a), dim=-1)
+        # common random numbers: the same standard-normal noise of z for every enumerated class
+        eps = torch.randn(len(x_u), 1, self.latent, device=x_u.device, dtype=x_u.dtype) \
+            if self.shared_noise else None
+        return log_qy, self.bound(x_u[:, None], _axis(a), _axis(log_qa), self.classes[None], beta, eps)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, x_unlabelled: torch.Tensor,
              kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labelled, unlabelled, ce = self.labelled_and_unlabelled(x, y, x_unlabelled, kl_weight)
-        loss = -(labelled.mean() + unlabelled.mean()) + self.classification_weight * ce.mean()
+        loss = -labelled.mean() + self.classification_weight * ce.mean()
+        if self.unlabelled_weight:     # 0: U is still computed, without gradients, for its metric
+            loss = loss - self.unlabelled_weight * unlabelled.mean()
         if self.weight_prior_scale:
             loss = loss + self.weight_prior_scale * 0.5 * sum(
                 p.pow(2).sum() for n, p in self.named_parameters() if n.endswith("weight") and p.ndim == 2)
@@ -130,7 +163,9 @@ class SemiSupervisedDGM(nn.Module):
         for start in range(0, samples, chunk):
             s = min(chunk, samples - start)
             a = sample_normal(mu.expand(s, *mu.shape), logvar.expand(s, *logvar.shape))
-            probs += F.softmax(self.class_logits(x.expand(s, *x.shape), a), dim=-1).sum(0)
+            # x (N, d) broadcasts against a (S, N, d_a): the factored first layer computes x's term
+            # once for all S draws (docs/models.md, "the first-layer merge")
+            probs += F.softmax(self.class_logits(x, a), dim=-1).sum(0)
         return torch.log(probs / samples)
 
     @torch.no_grad()
@@ -172,6 +207,11 @@ def _axis(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t[:, None]
 
 
+def _log_mean_over_samples(log_p: torch.Tensor, k: int) -> torch.Tensor:
+    """log of the mean of p over groups of k consecutive rows: (N k, C) -> (N, C)."""
+    return torch.logsumexp(log_p.unflatten(0, (-1, k)), dim=1) - math.log(k)
+
+
 class M2(SemiSupervisedDGM):
     has_aux = False
 
@@ -181,9 +221,9 @@ class M2(SemiSupervisedDGM):
         self.q_z, self.q_z_head = self.mlp(x=d, y=c), GaussianHead(self.options["hidden"][-1], z)
         self.p_x, self.p_x_head = self.mlp(y=c, z=z), Likelihood(self.options["hidden"][-1], d, output)
 
-    def bound(self, x, a, log_qa, y, beta):
+    def bound(self, x, a, log_qa, y, beta, eps=None):
         mu, logvar = self.q_z_head(self.q_z(x=x, y=y))
-        z = sample_normal(mu, logvar)
+        z = sample_normal(mu, logvar, eps)
         log_px = self.p_x_head.log_prob(x, self.p_x(y=y, z=z))
         return log_px + beta * (-math.log(self.num_classes) - kl_normal_standard(mu, logvar))
 
@@ -200,9 +240,9 @@ class ADGM(SemiSupervisedDGM):
         self.p_x, self.p_x_head = self.mlp(y=c, z=z), Likelihood(h, d, output)          # p(x|y,z)
         self.p_a, self.p_a_head = self.mlp(x=d, y=c, z=z), GaussianHead(h, a)          # p(a|x,y,z)
 
-    def bound(self, x, a, log_qa, y, beta):
+    def bound(self, x, a, log_qa, y, beta, eps=None):
         mu, logvar = self.q_z_head(self.q_z(x=x, a=a, y=y))
-        z = sample_normal(mu, logvar)
+        z = sample_normal(mu, logvar, eps)
         log_px = self.p_x_head.log_prob(x, self.p_x(y=y, z=z))
         log_pa = log_normal(a, *self.p_a_head(self.p_a(x=x, y=y, z=z)))
         return log_px + beta * (log_pa - log_qa - math.log(self.num_classes) - kl_normal_standard(mu, logvar))
@@ -220,9 +260,9 @@ class SDGM(SemiSupervisedDGM):
         self.p_a, self.p_a_head = self.mlp(y=c, z=z), GaussianHead(h, a)               # p(a|z,y)
         self.p_x, self.p_x_head = self.mlp(a=a, y=c, z=z), Likelihood(h, d, output)    # p(x|a,z,y)
 
-    def bound(self, x, a, log_qa, y, beta):
+    def bound(self, x, a, log_qa, y, beta, eps=None):
         mu, logvar = self.q_z_head(self.q_z(x=x, a=a, y=y))
-        z = sample_normal(mu, logvar)
+        z = sample_normal(mu, logvar, eps)
         log_pa = log_normal(a, *self.p_a_head(self.p_a(y=y, z=z)))
         # a comes from q(a|x), as the SDGM bound requires (papers.md 1.6, larsmaaloee#3)
         log_px = self.p_x_head.log_prob(x, self.p_x(a=a, y=y, z=z))

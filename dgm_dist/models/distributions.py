@@ -32,6 +32,7 @@ def kl_normal_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def sample_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Reparameterised draw: mu + sigma * eps."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+def sample_normal(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Reparameterised draw: mu + sigma * eps, eps ~ N(0, I) drawn here unless given (a given eps
+    broadcasts, e.g. one draw shared by every enumerated class: docs/models.md)."""
+    return mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps)

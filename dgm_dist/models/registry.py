@@ -70,7 +70,8 @@ def _dgm(cls):
         return cls(info.features, info.num_classes, hidden=m.hidden, latent=m.latent[0], aux=m.aux,
                    output=m.output, batch_norm=m.batch_norm != "off", mc_samples=m.mc_samples, alpha=m.alpha,
                    n_unlabelled=info.n_unlabelled, n_labelled=info.n_labelled, eval_samples=m.eval_samples,
-                   predict=m.predict, factored=m.factored, weight_prior=m.weight_prior)
+                   predict=m.predict, factored=m.factored, weight_prior=m.weight_prior,
+                   shared_noise=m.shared_noise, mc_average=m.mc_average, unlabelled_weight=m.unlabelled_weight)
     return build
 
 
