@@ -1,6 +1,7 @@
 """Every benchmark in bench/ runs with --quick (a smoke test: no timing is asserted, only that each
 script measures what it says and prints its table). Fashion-MNIST is Debian's package."""
 
+import json
 import os
 import re
 import subprocess
@@ -39,11 +40,17 @@ def test_data_load():
     assert re.search(rf"first read {NUMBER} s, cached read {NUMBER} s .*ratio {NUMBER}x", out), out
 
 
-def test_ssl_throughput_compares_factored_and_naive_first_layers():
+def test_ssl_throughput_compares_first_layers_estimators_and_prediction():
     out = run("ssl_throughput.py", "--quick")
     found = {(m.group(1), m.group(2)) for m in re.finditer(rf"^(ADGM|SDGM)\s+(\d)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
                                                            out, re.M)}
     assert found == {("ADGM", "1"), ("ADGM", "5"), ("SDGM", "1"), ("SDGM", "5")}, out
+    arms = {(m.group(1), m.group(2), m.group(3)) for m in re.finditer(
+        rf"^(ADGM|SDGM)\s+(\d)\s+(shared|bounds)\s+{NUMBER}\s+(?:independent|probabilities)\s+{NUMBER}\s+{NUMBER}x$",
+        out, re.M)}
+    assert arms == {(m, k, a) for m in ("ADGM", "SDGM") for k, a in (("1", "shared"), ("5", "bounds"))}, out
+    predicted = re.findall(rf"^(ADGM|SDGM)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out.split("prediction")[1], re.M)
+    assert predicted == ["ADGM", "SDGM"], out
 
 
 def test_spn_throughput():
@@ -131,3 +138,34 @@ def test_vae_kl_bias_separates_the_old_closed_form_from_the_unbiased_estimates()
     corrected, old, iw1, gap = (float(c) for c in cells[2:6])
     assert abs(corrected - iw1) < 0.1                  # both unbiased for the ELBO: Monte Carlo error only
     assert gap == pytest.approx(old - corrected, abs=2e-3) and gap > 0.5     # the old objective's bias
+
+
+def test_ssl_results_trains_each_arm_then_tabulates_and_draws_the_curves(tmp_path):
+    data = write_mnist_dir(tmp_path / "fashion", n_train=600, n_test=200)       # small real-format files
+    out = run("ssl_results.py", "all", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
+              "--root", str(tmp_path / "runs"), "--data-dir", str(data), timeout=600)
+    for arm in ("MLP (labels only)", "SDGM"):
+        (cells,) = rows(out, arm)
+        assert cells[2] == "0" and 0 <= float(cells[3]) <= 100 and 0 <= float(cells[4]) <= 100, cells
+        assert int(cells[5]) > 0 and re.fullmatch(r"`[0-9a-f]{8}`", cells[8]), cells
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
+    assert re.search(r"MLflow run ssl-results [0-9a-f]{32}", out), out
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")}
+    assert len(done) == 2
+    run("ssl_results.py", "train", "--quick", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "runs"),
+        "--data-dir", str(data))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")} == done   # finished: skipped
+
+
+def test_ssl_bisect_runs_patched_and_configured_arms_and_tabulates_their_curves(tmp_path):
+    data = write_mnist_dir(tmp_path / "mnist", n_train=600, n_test=200)          # small real-format files
+    tiny = ["data.dataset=mnist", f"data.data_dir={data}", "data.validation=100", "model.hidden=8", "model.latent=2",
+            "model.aux=2", "optim.epochs=1", "data.labels=20", "optim.labelled_batch_size=20"]
+    out = run("ssl_bisect.py", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "runs"), "--minutes", "5",
+              "--arms", "sampled-kl", "torch-init", "--arm", "no-prior=model.weight_prior=false;optim.clip_value=none",
+              *(a for s in tiny for a in ("--set", s)), timeout=600)
+    for arm in ("sampled-kl", "torch-init", "no-prior"):
+        (cells,) = rows(out, arm)
+        assert int(cells[1]) == 5 and 0 <= float(cells[2]) <= 100 and float(cells[3]) > 0, cells   # 100 / 20 steps
+    saved = json.loads((tmp_path / "out" / "no-prior.json").read_text())
+    assert saved["sets"][-2:] == ["model.weight_prior=false", "optim.clip_value=none"]

@@ -1,4 +1,4 @@
-"""The math of M2, ADGM and SDGM (papers.md 1.2): bounds, enumeration, factored layers, KL,
+"""The math of M2, ADGM and SDGM (docs/models.md): bounds, enumeration, factored layers, KL,
 prediction, gradients, and which variables each factor conditions on."""
 
 import math
@@ -295,3 +295,17 @@ def test_prediction_computes_the_x_term_once_for_all_draws_of_a(cls):
     want = slow.classify(x)                     # x expanded to every draw, concatenated with a
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert shapes == [(5, 12)]                  # one x term, not (7, 5, 12)
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_evaluation_reports_the_class_vote_and_the_entropy_of_the_classifier(cls):
+    model = _model(cls, eval_samples=3).eval()
+    x, y = _data(n=40, seed=2)
+    torch.manual_seed(6)
+    sums = model.eval_sums(x, y)
+    torch.manual_seed(6)
+    logp = model.classify(x)
+    votes = model.enumerated(x[::10], 1.0)[1].argmax(-1)                 # the same draws, in the same order
+    assert sums["vote_error_sum"].item() == pytest.approx((votes != y[::10]).sum().item() * 10)
+    assert sums["entropy_sum"].item() == pytest.approx(-(logp.exp() * logp).sum().item(), rel=1e-5)
+    assert 0 < sums["entropy_sum"].item() <= 40 * math.log(10) + 1e-3

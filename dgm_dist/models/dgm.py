@@ -39,6 +39,9 @@ from dgm_dist.models.distributions import kl_normal_standard, log_bernoulli, log
 from dgm_dist.models.layers import MLP, GaussianHead
 
 
+VOTE_EVERY = 10        # eval_sums: the class vote of every 10th image (1 % of an evaluation's time)
+
+
 class Likelihood(nn.Module):
     """p(x|h): Bernoulli (binary images) or Gaussian with learned variance (SVHN, NORB)."""
 
@@ -170,9 +173,16 @@ class SemiSupervisedDGM(nn.Module):
 
     @torch.no_grad()
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Error and NLL of the classifier; and two diagnostics of what the unlabelled term teaches
+        it: the entropy of q(y|x), and the error of the generative model's own class vote
+        argmax_y L(x,y) (one draw, as training sees it; on every 10th image, scaled to a rate)."""
         logp = self.classify(x)
+        voters = x[::VOTE_EVERY].flatten(1)
+        vote = self.enumerated(voters, 1.0)[1].argmax(-1)
         return {"nll_sum": F.nll_loss(logp, y, reduction="sum").double(),
-                "error_sum": (logp.argmax(-1) != y).sum()}
+                "error_sum": (logp.argmax(-1) != y).sum(),
+                "entropy_sum": -(logp.exp() * logp).sum().double(),
+                "vote_error_sum": (vote != y[::VOTE_EVERY]).sum().double() * len(x) / len(voters)}
 
 
     # ---- figures (logged to MLflow at the end of a run) ---------------------------------------------
@@ -264,7 +274,7 @@ class SDGM(SemiSupervisedDGM):
         mu, logvar = self.q_z_head(self.q_z(x=x, a=a, y=y))
         z = sample_normal(mu, logvar, eps)
         log_pa = log_normal(a, *self.p_a_head(self.p_a(y=y, z=z)))
-        # a comes from q(a|x), as the SDGM bound requires (papers.md 1.6, larsmaaloee#3)
+        # a comes from q(a|x), as the SDGM bound requires (docs/models.md, "Factorisations")
         log_px = self.p_x_head.log_prob(x, self.p_x(a=a, y=y, z=z))
         return log_px + beta * (log_pa - log_qa - math.log(self.num_classes) - kl_normal_standard(mu, logvar))
 
