@@ -141,7 +141,8 @@ def table(out: Path, arms: dict, log: bool) -> str:
             f"| {arm} | {setting} | {', '.join(str(r['seed']) for r in arm_runs)} "
             f"| {spread([r['test_error'] for r in arm_runs])} "
             f"| {spread([x.get('best_test_error', x['test_error']) for x in m])} "
-            f"| {spread([r['steps'] for r in arm_runs], 1, 0)} | {spread([r['examples_per_s'] for r in arm_runs], 1, 0)} "
+            f"| {spread([r['steps'] for r in arm_runs], 1, 0)} "
+            f"| {spread([r['examples_per_s'] for r in arm_runs], 1, 0)} "
             f"| {statistics.mean(r['seconds'] for r in arm_runs) / 60:.1f} "
             f"| {', '.join('`' + r['mlflow_run_id'][:8] + '`' for r in arm_runs)} |")
     text = "\n".join(lines)

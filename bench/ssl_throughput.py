@@ -72,23 +72,24 @@ def main() -> None:
     print(f"{'model':<6} {'MC':>3} {'factored':>10} {'naive':>10} {'ratio':>7}")
     for cls in (ADGM, SDGM) if args.quick else (ADGM, SDGM, M2):
         for mc in (1, 5):
-            f, s = paired(lambda arm: cls(784, 10, mc_samples=mc, factored=arm, **sizes), rate, steps, rounds)
+            f, s = paired(lambda arm, c=cls, k=mc: c(784, 10, mc_samples=k, factored=arm, **sizes), rate,
+                          steps, rounds)
             print(f"{cls.__name__:<6} {mc:>3} {f:>10,.0f} {s:>10,.0f} {f / s:>6.2f}x")
 
     print("\nestimators of the unlabelled bound (training steps, unlabelled examples/s)")
     print(f"{'model':<6} {'MC':>3} {'arm A':<13} {'A':>8} {'arm B':<13} {'B':>8} {'A / B':>7}")
     for cls in (ADGM, SDGM):
         for mc, name_a, name_b, make in (
-                (1, "shared", "independent", lambda arm: cls(784, 10, mc_samples=1, shared_noise=arm, **sizes)),
-                (5, "bounds", "probabilities", lambda arm: cls(784, 10, mc_samples=5, **sizes,
-                                                              mc_average="bounds" if arm else "probabilities"))):
+                (1, "shared", "independent", lambda arm, c=cls: c(784, 10, mc_samples=1, shared_noise=arm, **sizes)),
+                (5, "bounds", "probabilities", lambda arm, c=cls: c(784, 10, mc_samples=5, **sizes,
+                                                                   mc_average="bounds" if arm else "probabilities"))):
             a, b = paired(make, rate, steps, rounds)
             print(f"{cls.__name__:<6} {mc:>3} {name_a:<13} {a:>8,.0f} {name_b:<13} {b:>8,.0f} {a / b:>6.2f}x")
 
     print(f"\nprediction, S = 100 draws of a, {50 if args.quick else 500} images (images/s)")
     print(f"{'model':<6} {'factored':>10} {'naive':>10} {'ratio':>7}")
     for cls in (ADGM, SDGM):
-        f, s = paired(lambda arm: cls(784, 10, factored=arm, **sizes).eval(),
+        f, s = paired(lambda arm, c=cls: c(784, 10, factored=arm, **sizes).eval(),
                       lambda m, r: predict_rate(m, r, 50 if args.quick else 500), 1 if args.quick else 3, rounds)
         print(f"{cls.__name__:<6} {f:>10,.0f} {s:>10,.0f} {f / s:>6.2f}x")
 

@@ -71,11 +71,13 @@ class ModelConfig:
     downsample: float = bounded(1.0, 1.0)      # SPN glimpse (CNN: resized input) = input / downsample
     loc_channels: tuple[int, ...] = (20, 20, 20)   # SPN localisation convs (docs/models.md)
     loc_hidden: int = bounded(200, 1)          # CNN-SPN: localisation dense units; RNN-SPN: GRU units (256)
+    gru_init: str = choice("lasagne", "lasagne", "torch")   # RNN-SPN: Lasagne's GRU init (original) or PyTorch's
+    theta_start: str = choice("identity", "identity", "strips")   # RNN-SPN: first glimpses (strips: beyond the paper)
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = choice("adam", "adam", "rmsprop", "sgd")
+    optimizer: str = choice("adam", "adam", "rmsprop_lasagne", "rmsprop", "sgd")   # rmsprop: PyTorch's rule
     lr: float = bounded(3e-4, 0.0, open_lo=True)
     batch_size: int = bounded(100, 1)          # global: split evenly over the workers
     labelled_batch_size: int = bounded(100, 1) # semi-supervised models: labelled examples per step

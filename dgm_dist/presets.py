@@ -20,13 +20,14 @@ register_preset("mlp-mnist100", "labelled-data-only baseline of the ADGM paper: 
     "scaling": {"checkpoint_every": 50, "report_every": 10},       # an epoch is one step of 100 labels
 })
 
-# Cluttered digit sequences (RNN-SPN paper; docs/models.md): RMSprop 5e-4 (Lasagne's rho 0.9),
+# Cluttered digit sequences (RNN-SPN paper; docs/models.md): Lasagne's RMSprop 5e-4 (rho 0.9, eps 1e-6
+# inside the square root, optim.optimizer=rmsprop_lasagne),
 # batch 100, up to 300 epochs, LR / 1.5 every 10 epochs after 30, early stop after 50 epochs
 # without a better validation error. RNN-SPN: elementwise clip 1 then total-norm 5, GRU 256, 32-channel
 # classifier shared over the glimpses, downsample 3 (33x33 glimpses). CNN-SPN (the original's FFN-SPN):
 # total-norm 5 only, localisation dense 200, 96-channel classifier, downsample 2. The CNN baseline
 # (not in the original code) is the CNN-SPN's classifier on the image resized by 2, see models/cnn.py.
-_SEQ_OPTIM = {"optimizer": "rmsprop", "lr": 5e-4, "batch_size": 100, "epochs": 300, "patience": 50,
+_SEQ_OPTIM = {"optimizer": "rmsprop_lasagne", "lr": 5e-4, "batch_size": 100, "epochs": 300, "patience": 50,
               "clip_value": 1.0, "clip_norm": 5.0, "clip_order": "value_then_norm",
               "lr_decay": 1 / 1.5, "lr_decay_every": 10, "lr_decay_start": 30}
 _SEQ_MODELS = {

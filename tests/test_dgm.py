@@ -47,7 +47,8 @@ def test_one_draw_of_a_serves_the_classifier_and_every_class(cls, monkeypatch):
     seen = {"classifier": [], "bound": []}
     real_logits, real_bound = model.class_logits, model.bound
     monkeypatch.setattr(model, "class_logits", lambda x, a: seen["classifier"].append(a) or real_logits(x, a))
-    monkeypatch.setattr(model, "bound", lambda x, a, lq, y, b, *e: seen["bound"].append(a) or real_bound(x, a, lq, y, b, *e))
+    monkeypatch.setattr(model, "bound",
+                        lambda x, a, lq, y, b, *e: seen["bound"].append(a) or real_bound(x, a, lq, y, b, *e))
     x, y = _data()
     model.labelled_and_unlabelled(x, y, x + 0, beta=1.0)
     a_unlabelled = seen["classifier"][-1]

@@ -143,11 +143,28 @@ def test_registry_builds_the_papers_models_with_their_glimpse_sizes():
         build_model(load_config("rnn-spn-seq3").model, DataInfo((28, 28), 10))
 
 
-def test_rmsprop_uses_lasagnes_constants():
-    optimizer = make_optimizer(load_config("rnn-spn-seq3").optim, [torch.nn.Parameter(torch.zeros(1))])
-    group = optimizer.param_groups[0]
-    assert isinstance(optimizer, torch.optim.RMSprop)
-    assert (group["alpha"], group["eps"], group["lr"]) == (0.9, 1e-6, 5e-4)
+def test_the_paper_presets_take_lasagnes_rmsprop_and_its_update_rule_is_lasagnes():
+    """Two steps checked against the hand-computed rule acc = 0.9 acc + 0.1 g^2; p -= lr g / sqrt(acc + 1e-6)
+    on gradients far below sqrt(eps), where PyTorch's rule (eps outside the root) takes sign steps."""
+    for preset in ("rnn-spn-seq3", "cnn-spn-seq3", "cnn-seq3", "rnn-spn-seq3-cpu"):
+        assert load_config(preset).optim.optimizer == "rmsprop_lasagne", preset
+    cfg = load_config("rnn-spn-seq3").optim
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    optimizer = make_optimizer(cfg, [p])
+    grads = [torch.tensor(g, dtype=torch.float64) for g in ([1e-5, -3e-4, 2.0], [2e-5, 1e-4, -1.0])]
+    want, acc = p.detach().clone(), torch.zeros(3, dtype=torch.float64)
+    for g in grads:
+        acc = 0.9 * acc + 0.1 * g * g
+        want = want - 5e-4 * g / torch.sqrt(acc + 1e-6)
+        p.grad = g.clone()
+        optimizer.step()
+    torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=0)
+    first = -5e-4 * 1e-5 / (0.1 * 1e-10 + 1e-6) ** 0.5                   # a tiny gradient's tiny first step
+    torch_rule = -5e-4 * 1e-5 / ((0.1 * 1e-10) ** 0.5 + 1e-6)            # PyTorch's: about lr / sqrt(0.1)
+    assert abs(first) < 1e-5 < 1e-3 < abs(torch_rule)
+    q = torch.nn.Parameter(torch.zeros(1))
+    assert isinstance(make_optimizer(load_config("rnn-spn-seq3", overrides=["optim.optimizer=rmsprop"]).optim, [q]),
+                      torch.optim.RMSprop)                               # PyTorch's rule stays a choice
 
 
 def test_best_validation_epoch_is_tracked_in_the_models_direction():
@@ -236,3 +253,48 @@ def test_the_registry_builds_channels_last_models_that_compute_the_same_function
     fast.eval(), plain.eval()
     with torch.no_grad():
         assert torch.allclose(fast.classify(x), plain.classify(x), atol=1e-5)
+
+
+# ---- the CNN baseline, the GRU's initialisation and the strips start (docs/models.md) -----------------
+
+@pytest.mark.parametrize("downsample", [2.0, 3.0])
+def test_the_cnn_baseline_sees_exactly_the_cnn_spns_identity_glimpse(downsample):
+    torch.manual_seed(0)
+    cnn = SequenceCNN(100, 3, 10, channels=(4, 4, 4), dense=8, downsample=downsample)
+    spn = CNNSPN(100, 3, 10, downsample=downsample, **SMALL)
+    x = torch.rand(3, 100, 100, generator=torch.Generator().manual_seed(1))
+    seen = []
+    cnn.classifier.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    cnn.classify(x)
+    glimpse = spn.attend(x)[2]                             # at its start: theta = the identity
+    assert seen[0].shape == (3, 1, spn.transformer.size, spn.transformer.size)
+    torch.testing.assert_close(seen[0], glimpse, rtol=0, atol=0)                 # (B, 1, g, g) both
+
+
+def test_the_rnn_spns_gru_starts_as_lasagnes_or_as_pytorchs():
+    torch.manual_seed(0)
+    lasagne = RNNSPN(60, 3, 10, downsample=2.0, **SMALL)
+    torch.manual_seed(0)
+    default = RNNSPN(60, 3, 10, downsample=2.0, gru_init="torch", **SMALL)
+    weights = [p for n, p in lasagne.gru.named_parameters() if n.startswith("weight")]
+    assert all(abs(p.std().item() - 0.1) < 0.02 for p in weights)                  # Normal(0, 0.1)
+    assert all(torch.count_nonzero(p) == 0 for n, p in lasagne.gru.named_parameters() if n.startswith("bias"))
+    bound = 1 / SMALL["loc_hidden"] ** 0.5                                          # PyTorch: U(+-1/sqrt(H))
+    assert all(p.abs().max() <= bound and p.std() > bound / 3 for p in default.gru.parameters())
+    assert load_config("rnn-spn-seq3").model.gru_init == "lasagne"
+    with pytest.raises(ValueError, match="gru_init"):
+        RNNSPN(60, 3, 10, gru_init="orthogonal", **SMALL)
+
+
+def test_the_strips_start_gives_each_step_its_own_box_and_learns_it():
+    torch.manual_seed(0)
+    model = RNNSPN(60, 3, 10, downsample=2.0, theta_start="strips", **SMALL)
+    x = torch.rand(2, 60, 60)
+    theta = model.attend(x)[1]                                                      # (2, 3, 2, 3)
+    corners = glimpse_corners(theta[0], 60)[:, :, 0]                                # x of each box's corners
+    left, right = corners.min(-1).values, corners.max(-1).values
+    torch.testing.assert_close(left, torch.tensor([0.0, 59 / 3, 2 * 59 / 3]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(right, torch.tensor([59 / 3, 2 * 59 / 3, 59.0]), atol=1e-4, rtol=0)
+    model(x, torch.zeros(2, 3, dtype=torch.long))[0].backward()
+    assert model.theta_offset.grad.abs().sum() > 0                                  # the boxes move in training
+    assert load_config("rnn-spn-seq3").model.theta_start == "identity"             # the paper's start

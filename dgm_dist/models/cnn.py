@@ -1,9 +1,12 @@
-"""Classifiers of cluttered digit sequences: the shared pieces, and the plain CNN baseline.
+"""Classifiers of cluttered digit sequences: the shared pieces (the sampler of the spatial
+transformers included), and the plain CNN baseline.
 
-The CNN baseline is not in the original code (docs/models.md). Here it is the FFN-SPN's classifier
+The CNN baseline is not in the original code (docs/models.md). Here it is the CNN-SPN with its
+transformer fixed at the identity: the same sampler at the same glimpse size (the whole image,
+sampled on a corner-to-corner grid of input / `downsample` pixels), then the FFN-SPN's classifier
 (three 3x3 convolutions with max-pooling, a dense layer of 400, one softmax head per digit
-position) applied to the whole image resized by `downsample`, i.e. what the CNN-SPN sees when its
-transformer stays at the identity. So the comparison with the SPN models isolates the transformer.
+position). Its input is exactly the CNN-SPN's first glimpse, so the comparison isolates what the
+transformer learns.
 """
 
 from __future__ import annotations
@@ -47,6 +50,28 @@ def glorot_init(module: nn.Module) -> None:
 def glimpse_size(image_size: int, downsample: float) -> int:
     """The original's int(100 / 3.0) = 33."""
     return int(image_size / downsample)
+
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+class SpatialTransformer(nn.Module):
+    """Images (B, C, H, W) and thetas (B, T, 2, 3) -> glimpses (B, T, C, H/d, W/d)."""
+
+    def __init__(self, image_size: int, downsample: float):
+        super().__init__()
+        self.size = glimpse_size(image_size, downsample)
+        if self.size < 1:
+            raise ValueError(f"model.downsample={downsample} leaves no pixel of a {image_size}-pixel image")
+
+    def forward(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        b, t = theta.shape[:2]
+        c, g = images.shape[1], self.size
+        grid = F.affine_grid(theta.reshape(b * t, 2, 3), [b * t, c, g, g], align_corners=True)
+        # all T grids stacked into one (B, T*g, g) grid: one sampling pass, the image is never copied
+        out = F.grid_sample(images, grid.reshape(b, t * g, g, 2), mode="bilinear", padding_mode="border",
+                            align_corners=True)
+        return out.reshape(b, c, t, g, g).transpose(1, 2)
 
 
 class GlimpseClassifier(nn.Module):
@@ -99,20 +124,23 @@ def as_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 class SequenceCNN(SequenceClassifier):
-    """(B, H, W) images of `digits` side-by-side digits -> per-position class log-probabilities."""
+    """(B, H, W) images of `digits` side-by-side digits -> per-position class log-probabilities, from
+    the identity glimpse of the spatial transformers (module docstring)."""
 
     def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (96, 96, 96),
                  dense: int = 400, downsample: float = 2.0, dropout: float = 0.0):
         super().__init__()
         self.digits, self.num_classes = digits, num_classes
-        self.glimpse = glimpse_size(image_size, downsample)
+        self.transformer = SpatialTransformer(image_size, downsample)
+        self.glimpse = self.transformer.size
+        self.register_buffer("theta", torch.tensor(IDENTITY).view(1, 1, 2, 3), persistent=False)
         self.classifier = GlimpseClassifier(self.glimpse, channels, dense, digits * num_classes, dropout)
         glorot_init(self)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, digits, num_classes) log-probabilities."""
-        x = as_channels(x)
-        if self.glimpse != x.shape[-1]:
-            x = F.interpolate(x, size=(self.glimpse, self.glimpse), mode="bilinear", align_corners=False)
-        logits = self.classifier(x)    # one Dense-10 softmax per position = one dense of digits * 10
+        images = as_channels(x)
+        if self.glimpse != images.shape[-1]:     # at full size the identity glimpse is the image itself
+            images = self.transformer(images, self.theta.expand(len(images), 1, 2, 3))[:, 0]
+        logits = self.classifier(images)    # one Dense-10 softmax per position = one dense of digits * 10
         return F.log_softmax(logits.view(-1, self.digits, self.num_classes), dim=-1)

@@ -38,7 +38,6 @@ from torch import nn
 from dgm_dist.models.distributions import kl_normal_standard, log_bernoulli, log_normal, sample_normal
 from dgm_dist.models.layers import MLP, GaussianHead
 
-
 VOTE_EVERY = 10        # eval_sums: the class vote of every 10th image (1 % of an evaluation's time)
 
 

@@ -56,6 +56,8 @@ def _sequence(cls):
         if len(info.image_shape) != 2 or info.image_shape[0] != info.image_shape[1]:
             raise ConfigError(f"model.name={m.name} needs square grey-scale images, got {info.image_shape}")
         spn = {} if cls is SequenceCNN else {"loc_channels": m.loc_channels, "loc_hidden": m.loc_hidden}
+        if cls is RNNSPN:
+            spn.update(gru_init=m.gru_init, theta_start=m.theta_start)
         net = cls(info.image_shape[0], info.sequence_length, info.num_classes, m.channels,
                   dense=m.hidden[0], downsample=m.downsample, dropout=m.dropout, **spn)
         # channels-last convolution weights: oneDNN's convolutions and max-pooling run NHWC without

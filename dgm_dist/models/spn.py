@@ -1,7 +1,8 @@
 """Spatial transformer networks for cluttered digit sequences (Sønderby et al. 2015; docs/models.md).
 
-- `SpatialTransformer`: an affine theta per glimpse, a sampling grid (`affine_grid`) and bilinear
-  sampling (`grid_sample`) of the original image; the glimpse is the input size / `downsample`.
+- `SpatialTransformer` (in cnn.py, which the CNN baseline shares): an affine theta per glimpse, a
+  sampling grid (`affine_grid`) and bilinear sampling (`grid_sample`) of the original image; the
+  glimpse is the input size / `downsample`.
 - `CNNSPN` (the original's FFN-SPN): a feed-forward localisation network gives one theta; one
   glimpse feeds a classifier with one softmax head per digit position.
 - `RNNSPN`: the localisation features, repeated for every digit, drive a GRU; each step's state
@@ -10,8 +11,8 @@
 
 Sampling follows Lasagne's `TransformerLayer`, which the original code used: the grid spans
 [-1, 1] corner to corner (`align_corners=True`) and points outside the image take the nearest
-border pixel (`padding_mode="border"`). Theta starts at the identity with zero weights (papers.md
-3.6: replications that skipped this did not train). Everything is tensor code with fixed shapes,
+border pixel (`padding_mode="border"`). Theta starts at the identity with zero weights
+(docs/models.md: replications that skipped this did not train). Everything is tensor code with fixed shapes,
 so the models export to ONNX (GridSample/AffineGrid, GRU).
 """
 
@@ -22,16 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgm_dist.models.cnn import (
+    IDENTITY,
     GlimpseClassifier,
     SequenceClassifier,
+    SpatialTransformer,
     as_channels,
     conv_output_size,
     conv_stack,
-    glimpse_size,
     glorot_init,
 )
-
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 def identity_affine(features: int) -> nn.Linear:
@@ -44,23 +44,25 @@ def identity_affine(features: int) -> nn.Linear:
     return layer
 
 
-class SpatialTransformer(nn.Module):
-    """Images (B, C, H, W) and thetas (B, T, 2, 3) -> glimpses (B, T, C, H/d, W/d)."""
+def strip_thetas(steps: int) -> torch.Tensor:
+    """(steps, 6) thetas of `steps` vertical strips side by side, left to right, each the full
+    height and 1/steps of the width: the `theta_start="strips"` option's first glimpses."""
+    t = torch.arange(steps, dtype=torch.float32)
+    out = torch.tensor(IDENTITY).repeat(steps, 1)
+    out[:, 0] = 1.0 / steps                          # x scale
+    out[:, 2] = -1.0 + (2 * t + 1) / steps           # x translation: strip centres
+    return out
 
-    def __init__(self, image_size: int, downsample: float):
-        super().__init__()
-        self.size = glimpse_size(image_size, downsample)
-        if self.size < 1:
-            raise ValueError(f"model.downsample={downsample} leaves no pixel of a {image_size}-pixel image")
 
-    def forward(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        b, t = theta.shape[:2]
-        c, g = images.shape[1], self.size
-        grid = F.affine_grid(theta.reshape(b * t, 2, 3), [b * t, c, g, g], align_corners=True)
-        # all T grids stacked into one (B, T*g, g) grid: one sampling pass, the image is never copied
-        out = F.grid_sample(images, grid.reshape(b, t * g, g, 2), mode="bilinear", padding_mode="border",
-                            align_corners=True)
-        return out.reshape(b, c, t, g, g).transpose(1, 2)
+def lasagne_gru_init(gru: nn.GRU) -> None:
+    """Lasagne's `GRULayer` defaults (the RNN-SPN code's GRU): every weight Normal(0, 0.1), every
+    bias 0. PyTorch's default, uniform +-1/sqrt(hidden), gives states about 2.5x smaller at the
+    start (docs/models.md)."""
+    for name, param in gru.named_parameters():
+        if name.startswith("weight"):
+            nn.init.normal_(param, std=0.1)
+        else:
+            nn.init.zeros_(param)
 
 
 def glimpse_corners(theta: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -117,15 +119,28 @@ class RNNSPN(SequenceClassifier):
 
     def __init__(self, image_size: int, digits: int, num_classes: int, channels: tuple[int, ...] = (32, 32, 32),
                  dense: int = 400, downsample: float = 3.0, dropout: float = 0.0,
-                 loc_channels: tuple[int, ...] = (20, 20, 20), loc_hidden: int = 256):
+                 loc_channels: tuple[int, ...] = (20, 20, 20), loc_hidden: int = 256, gru_init: str = "lasagne",
+                 theta_start: str = "identity"):
         super().__init__()
         self.digits, self.num_classes, self.steps = digits, num_classes, digits
         self.localisation, features = localisation_features(image_size, loc_channels, dropout)
         self.transformer = SpatialTransformer(image_size, downsample)
         self.classifier = GlimpseClassifier(self.transformer.size, channels, dense, num_classes, dropout)
         glorot_init(self)
-        self.gru = nn.GRU(features, loc_hidden, batch_first=True)   # after glorot_init: GRU keeps torch's init
+        self.gru = nn.GRU(features, loc_hidden, batch_first=True)
+        if gru_init == "lasagne":
+            lasagne_gru_init(self.gru)
+        elif gru_init != "torch":
+            raise ValueError(f"gru_init={gru_init!r}: expected 'lasagne' or 'torch'")
         self.theta = identity_affine(loc_hidden)
+        # beyond the paper (off in its presets): a learnable theta offset per step, starting at T
+        # distinct strips, so the glimpses differ from the first step (docs/models.md)
+        if theta_start == "strips":
+            self.theta_offset = nn.Parameter(strip_thetas(digits) - torch.tensor(IDENTITY))
+        elif theta_start == "identity":
+            self.theta_offset = None
+        else:
+            raise ValueError(f"theta_start={theta_start!r}: expected 'identity' or 'strips'")
 
     def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probabilities (B, T, classes), thetas (B, T, 2, 3), glimpses (B, T, g, g))."""
@@ -133,7 +148,8 @@ class RNNSPN(SequenceClassifier):
         features = self.localisation(images)
         # the same features at every step (the original's Repeat layer): the GRU state alone moves the glimpse
         states, _ = self.gru(features.unsqueeze(1).expand(-1, self.steps, -1))
-        theta = self.theta(states).view(-1, self.steps, 2, 3)
+        theta = self.theta(states) if self.theta_offset is None else self.theta(states) + self.theta_offset
+        theta = theta.view(-1, self.steps, 2, 3)
         glimpses = self.transformer(images, theta)[:, :, 0]                       # (B, T, g, g)
         g = glimpses.shape[-1]
         logits = self.classifier(glimpses.reshape(-1, 1, g, g)).view(-1, self.steps, self.num_classes)
