@@ -68,7 +68,7 @@ class ModelConfig:
     share: bool = True                         # LVAE: p shares q's top-down nets (paper); false: own (released code)
     batch_norm_heads: bool = False             # VAE/LVAE: batch norm on the mean/variance heads (original code)
     iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood
-    downsample: float = bounded(1.0, 1.0)      # SPN glimpse (CNN: resized input) = input / downsample
+    downsample: float = bounded(1.0, 1.0)      # SPN glimpse (CNN: the identity glimpse) = input / downsample
     loc_channels: tuple[int, ...] = (20, 20, 20)   # SPN localisation convs (docs/models.md)
     loc_hidden: int = bounded(200, 1)          # CNN-SPN: localisation dense units; RNN-SPN: GRU units (256)
     gru_init: str = choice("lasagne", "lasagne", "torch")   # RNN-SPN: Lasagne's GRU init (original) or PyTorch's

@@ -26,7 +26,7 @@ register_preset("mlp-mnist100", "labelled-data-only baseline of the ADGM paper: 
 # without a better validation error. RNN-SPN: elementwise clip 1 then total-norm 5, GRU 256, 32-channel
 # classifier shared over the glimpses, downsample 3 (33x33 glimpses). CNN-SPN (the original's FFN-SPN):
 # total-norm 5 only, localisation dense 200, 96-channel classifier, downsample 2. The CNN baseline
-# (not in the original code) is the CNN-SPN's classifier on the image resized by 2, see models/cnn.py.
+# (not in the original code) is the CNN-SPN with theta fixed at the identity (its 50x50 glimpse), models/cnn.py.
 _SEQ_OPTIM = {"optimizer": "rmsprop_lasagne", "lr": 5e-4, "batch_size": 100, "epochs": 300, "patience": 50,
               "clip_value": 1.0, "clip_norm": 5.0, "clip_order": "value_then_norm",
               "lr_decay": 1 / 1.5, "lr_decay_every": 10, "lr_decay_start": 30}

@@ -79,8 +79,8 @@ def test_glimpse_corners_of_the_identity_are_the_image_corners():
 
 @pytest.mark.parametrize("cls", [CNNSPN, RNNSPN])
 def test_theta_starts_at_the_identity_and_the_localisation_learns(cls):
-    """Zero weights and identity bias (papers.md 3.6): the first step trains the theta layer, whose
-    non-zero weights then pass gradients to the localisation convolutions."""
+    """Zero weights and identity bias (docs/models.md, "Theta's start"): the first step trains the
+    theta layer, whose non-zero weights then pass gradients to the localisation convolutions."""
     torch.manual_seed(0)
     model = cls(100, 3, 10, downsample=2.0, **SMALL)
     x, y = torch.rand(4, 100, 100), torch.randint(0, 10, (4, 3))
