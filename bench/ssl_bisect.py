@@ -86,7 +86,7 @@ def sampled_kl():
 
 PATCHES = {"preset": contextlib.nullcontext, "torch-init": torch_init, "sampled-kl": sampled_kl}
 CURVES = ("test_error", "test_nll", "valid_error", "train_labelled_elbo", "train_unlabelled_elbo",
-          "train_classification")
+          "train_classification", "test_vote_error", "test_entropy")
 
 
 def run_arm(out: Path, name: str, preset: str, minutes: float, sets: list[str], patch, root: str | None) -> None:
@@ -120,15 +120,17 @@ def history(result: dict) -> dict[str, list[tuple[int, float]]]:
 
 
 def table(out: Path) -> None:
-    print("| arm | steps | test error per epoch (%) | test NLL per epoch | labelled - unlabelled ELBO, last epoch "
-          "(nats) | final test error (%) |")
-    print("|---|---|---|---|---|---|")
+    print("| arm | steps | test error per epoch (%) | test NLL per epoch | class vote error per epoch (%) "
+          "| labelled - unlabelled ELBO, last epoch (nats) | final test error (%) |")
+    print("|---|---|---|---|---|---|---|")
     for path in sorted(out.glob("*.json")):
         r = json.loads(path.read_text())
         c = r["curves"]
         gap = c["train_labelled_elbo"][-1][1] - c["train_unlabelled_elbo"][-1][1]
+        vote = " ".join(f"{100 * v:.0f}" for _, v in c.get("test_vote_error", [])) or "–"
         print(f"| {r['arm']} | {r['steps']:,} | {' '.join(f'{100 * v:.1f}' for _, v in c['test_error'])} "
-              f"| {' '.join(f'{v:.2f}' for _, v in c['test_nll'])} | {gap:.1f} | {100 * r['test_error']:.2f} |")
+              f"| {' '.join(f'{v:.2f}' for _, v in c['test_nll'])} | {vote} | {gap:.1f} "
+              f"| {100 * r['test_error']:.2f} |")
 
 
 def main() -> None:

@@ -167,5 +167,6 @@ def test_ssl_bisect_runs_patched_and_configured_arms_and_tabulates_their_curves(
     for arm in ("sampled-kl", "torch-init", "no-prior"):
         (cells,) = rows(out, arm)
         assert int(cells[1]) == 5 and 0 <= float(cells[2]) <= 100 and float(cells[3]) > 0, cells   # 100 / 20 steps
+        assert 0 <= float(cells[4]) <= 100, cells                                  # the class vote
     saved = json.loads((tmp_path / "out" / "no-prior.json").read_text())
     assert saved["sets"][-2:] == ["model.weight_prior=false", "optim.clip_value=none"]

@@ -23,7 +23,7 @@ def data_dir(tmp_path_factory):
 def study_file(tmp_path, name, data_dir, parameters, scheduler, epochs=3, concurrent=2) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "study": name, "base": "mlp",
+        "study": name, "base": "mlp", "description": f"what {name} can show",
         "set": {"data.dataset": "mnist", "data.data_dir": str(data_dir), "data.validation": 100,
                 "model.hidden": [16], "optim.batch_size": 50, "optim.epochs": epochs},
         "parameters": parameters, "scheduler": scheduler, "concurrent": concurrent,
@@ -59,6 +59,7 @@ def test_an_asha_study_logs_a_parent_and_finished_children_and_picks_the_best(tm
     assert main(["tune", "report", "three", "--set", f"tracking.root={root}"]) == 0
     table = capsys.readouterr().out
     assert all(t in table for t in final) and f"`{summary['best']['trial_id']}` **best**" in table
+    assert "what three can show" in table                                   # the study file's description
     # `export --study` takes the study's best trial and registers it
     assert main(["export", "--study", "three", "--set", f"tracking.root={root}", "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)

@@ -115,7 +115,7 @@ def write_report(name: str, uri: str, experiment: str, out_root: Path, log: bool
     paths = []
     picture = plot(trials, spec, out / "report.png") if spec.get("x") and spec.get("y") else None
     finished = sum(t["status"] == "FINISHED" for t in trials)
-    md = [f"# Study `{name}`", "",
+    md = [f"# Study `{name}`", "", *([params["study.description"], ""] if params.get("study.description") else []),
           f"Base `{params.get('study.base')}`, metric `{metric}` ({mode}), scheduler "
           f"`{params.get('study.scheduler')}`; {len(trials)} trial(s), {finished} finished, "
           f"{sum(t['status'] == 'FAILED' for t in trials)} failed. MLflow parent run `{parent.info.run_id}`.", "",

@@ -108,6 +108,7 @@ def run_study(study: Study, resume: bool = False, verbose: bool = False, out=pri
 
     parent = RunTracker(uri, base.tracking.experiment, study.name, base.tracking.root, {
         "study.file": str(study.path), "study.base": study.base, "study.metric": study.metric,
+        "study.description": study.description[:500],
         "study.mode": study.mode, "study.samples": study.samples, "study.scheduler": json.dumps(study.scheduler),
         "study.parameters": json.dumps({p.key: {p.kind: list(p.values)} for p in study.parameters}),
         "study.report": json.dumps(study.report), "study.resources": json.dumps(study.resources)},
