@@ -12,6 +12,8 @@ local mode, so that the variants below, which are not config options, apply), on
   code's (GlorotNormal with the ReLU gain and N(0, 1e-3) biases; N(0, 1e-3) mean/variance heads);
 - `sampled-kl`: the KL of z as log q(z) - log p(z) at the drawn z (the released code) instead of
   the closed form;
+- `labelled-once`: the labelled ELBO weighted N_l / N (each labelled image once per pass, the
+  paper's sum over the data) instead of the released code's equal weight of the two means;
 - options that are config keys (`--arm "NAME=KEY=VALUE;..."`), e.g. `"no-prior-clip=model.weight_prior=false;
   optim.clip_value=none"`.
 Each arm's JSON result and its per-epoch metrics (from MLflow) go to OUT; `--table` prints them.
@@ -84,7 +86,32 @@ def sampled_kl():
             cls.bound = bound
 
 
-PATCHES = {"preset": contextlib.nullcontext, "torch-init": torch_init, "sampled-kl": sampled_kl}
+@contextlib.contextmanager
+def labelled_once():
+    """The labelled ELBO weighted N_l / N instead of 1: each labelled image counts once per pass over
+    the data, as in the paper's sum over the data set (the released code, averaging the labelled and
+    unlabelled batches with equal weight, counts each of the 100 labelled images N / N_l = 500 times
+    an epoch). The cross-entropy keeps its weight."""
+    cls = dgm.SemiSupervisedDGM
+    original_init, original = cls.__init__, cls.labelled_and_unlabelled
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.labelled_share = max(1, kwargs["n_labelled"]) / kwargs["n_unlabelled"]        # N_l / N
+
+    def scaled(self, x, y, x_u, beta):
+        labelled, unlabelled, ce = original(self, x, y, x_u, beta)
+        return labelled * self.labelled_share, unlabelled, ce
+
+    cls.__init__, cls.labelled_and_unlabelled = init, scaled
+    try:
+        yield
+    finally:
+        cls.__init__, cls.labelled_and_unlabelled = original_init, original
+
+
+PATCHES = {"preset": contextlib.nullcontext, "torch-init": torch_init, "sampled-kl": sampled_kl,
+           "labelled-once": labelled_once}
 CURVES = ("test_error", "test_nll", "valid_error", "train_labelled_elbo", "train_unlabelled_elbo",
           "train_classification", "test_vote_error", "test_entropy")
 
