@@ -93,21 +93,30 @@ def labelled_once():
     unlabelled batches with equal weight, counts each of the 100 labelled images N / N_l = 500 times
     an epoch). The cross-entropy keeps its weight."""
     cls = dgm.SemiSupervisedDGM
-    original_init, original = cls.__init__, cls.labelled_and_unlabelled
+    original_init, original_loss = cls.__init__, cls.loss
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         self.labelled_share = max(1, kwargs["n_labelled"]) / kwargs["n_unlabelled"]        # N_l / N
 
-    def scaled(self, x, y, x_u, beta):
-        labelled, unlabelled, ce = original(self, x, y, x_u, beta)
-        return labelled * self.labelled_share, unlabelled, ce
+    def loss(self, x, y, x_unlabelled, kl_weight=1.0):
+        """SemiSupervisedDGM.loss with the labelled bound scaled in the objective (its metric unscaled)."""
+        labelled, unlabelled, ce = self.labelled_and_unlabelled(x, y, x_unlabelled, kl_weight)
+        out = -(self.labelled_share * labelled.mean() + self.unlabelled_weight * unlabelled.mean()) \
+            + self.classification_weight * ce.mean()
+        if self.weight_prior_scale:
+            out = out + self.weight_prior_scale * 0.5 * sum(
+                p.pow(2).sum() for n, p in self.named_parameters() if n.endswith("weight") and p.ndim == 2)
+        n = len(x_unlabelled)
+        return out, {"labelled_elbo_sum": labelled.detach().mean().double() * n,
+                     "unlabelled_elbo_sum": unlabelled.detach().mean().double() * n,
+                     "classification_sum": ce.detach().mean().double() * n}
 
-    cls.__init__, cls.labelled_and_unlabelled = init, scaled
+    cls.__init__, cls.loss, cls.forward = init, loss, loss
     try:
         yield
     finally:
-        cls.__init__, cls.labelled_and_unlabelled = original_init, original
+        cls.__init__, cls.loss, cls.forward = original_init, original_loss, original_loss
 
 
 PATCHES = {"preset": contextlib.nullcontext, "torch-init": torch_init, "sampled-kl": sampled_kl,
