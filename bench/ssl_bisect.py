@@ -131,7 +131,7 @@ def run_arm(out: Path, name: str, preset: str, minutes: float, sets: list[str], 
     path = out / f"{name}.json"
     if path.exists():
         return
-    args = ["train", preset, "--workers", "0", "--max-minutes", f"{minutes:g}", "--run-name", f"bisect-{name}",
+    args = ["train", preset, "--workers", "0", "--max-minutes", f"{minutes:g}", "--run-name", f"bisect-{preset}-{name}",
             "--json", *(a for s in sets for a in ("--set", s))]
     if root:
         args += ["--set", f"tracking.root={root}"]
