@@ -310,3 +310,7 @@ def test_evaluation_reports_the_class_vote_and_the_entropy_of_the_classifier(cls
     assert sums["vote_error_sum"].item() == pytest.approx((votes != y[::10]).sum().item() * 10)
     assert sums["entropy_sum"].item() == pytest.approx(-(logp.exp() * logp).sum().item(), rel=1e-5)
     assert 0 < sums["entropy_sum"].item() <= 40 * math.log(10) + 1e-3
+    with torch.no_grad():                                                 # a confident classifier: some q(y|x)
+        model.q_y_head.weight.mul_(1e4)                                   # underflow to 0, log q = -inf
+    sums = model.eval_sums(x, y)
+    assert torch.isfinite(sums["entropy_sum"]) and torch.isfinite(sums["vote_error_sum"])

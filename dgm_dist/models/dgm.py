@@ -180,7 +180,7 @@ class SemiSupervisedDGM(nn.Module):
         vote = self.enumerated(voters, 1.0)[1].argmax(-1)
         return {"nll_sum": F.nll_loss(logp, y, reduction="sum").double(),
                 "error_sum": (logp.argmax(-1) != y).sum(),
-                "entropy_sum": -(logp.exp() * logp).sum().double(),
+                "entropy_sum": torch.special.entr(logp.exp()).sum().double(),     # 0 log 0 = 0: q can underflow
                 "vote_error_sum": (vote != y[::VOTE_EVERY]).sum().double() * len(x) / len(voters)}
 
 
