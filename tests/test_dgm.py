@@ -314,3 +314,15 @@ def test_evaluation_reports_the_class_vote_and_the_entropy_of_the_classifier(cls
         model.q_y_head.weight.mul_(1e4)                                   # underflow to 0, log q = -inf
     sums = model.eval_sums(x, y)
     assert torch.isfinite(sums["entropy_sum"]) and torch.isfinite(sums["vote_error_sum"])
+
+
+def test_the_initialisation_is_the_original_codes_or_pytorchs():
+    original, default = _model(SDGM, hidden=(500, 500)), _model(SDGM, hidden=(500, 500), init="torch")
+    y_map = {"original": original.p_x.first.maps["y"].weight, "torch": default.p_x.first.maps["y"].weight}
+    glorot_relu = math.sqrt(2) * math.sqrt(2 / (10 + 500))              # GlorotNormal, ReLU gain: 0.089
+    assert y_map["original"].std().item() == pytest.approx(glorot_relu, rel=0.1)
+    assert y_map["torch"].std().item() == pytest.approx(1 / math.sqrt(3 * 10), rel=0.1)   # U(+-1/sqrt(10))
+    assert original.q_a_head.mu.weight.std().item() == pytest.approx(1e-3, rel=0.1)        # N(0, 1e-3) heads
+    assert default.q_a_head.mu.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 500), rel=0.1)
+    with pytest.raises(ValueError, match="init"):
+        _model(SDGM, init="xavier")

@@ -68,7 +68,7 @@ class SemiSupervisedDGM(nn.Module):
                  output: str = "bernoulli", batch_norm: bool = False, mc_samples: int = 1, alpha: float = 0.1,
                  n_unlabelled: int = 1, n_labelled: int = 1, eval_samples: int = 100, predict: str = "sample",
                  factored: bool = True, weight_prior: bool = False, shared_noise: bool = True,
-                 mc_average: str = "bounds", unlabelled_weight: float = 1.0):
+                 mc_average: str = "bounds", unlabelled_weight: float = 1.0, init: str = "original"):
         super().__init__()
         self.x_dim, self.num_classes, self.latent, self.aux = x_dim, num_classes, latent, aux
         if mc_average not in ("bounds", "probabilities"):
@@ -80,6 +80,15 @@ class SemiSupervisedDGM(nn.Module):
         self.register_buffer("classes", torch.eye(num_classes), persistent=False)
         self.options = {"hidden": tuple(hidden), "batch_norm": batch_norm, "factored": factored}
         self.build(output)
+        if init == "torch":
+            # PyTorch's default for every linear map. The original's GlorotNormal of each input's own map
+            # gives the one-hot y a weight of std ~0.09 beside z's 100 inputs, so p(x|y,z) starts
+            # ignoring y; PyTorch's (std 1/sqrt(3 fan_in): 0.18 for y) does not (docs/models.md)
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+        elif init != "original":
+            raise ValueError(f"init={init!r}: expected 'original' or 'torch'")
 
     def mlp(self, **sizes: int) -> MLP:
         return MLP(sizes, **self.options)

@@ -73,7 +73,8 @@ def _dgm(cls):
                    output=m.output, batch_norm=m.batch_norm != "off", mc_samples=m.mc_samples, alpha=m.alpha,
                    n_unlabelled=info.n_unlabelled, n_labelled=info.n_labelled, eval_samples=m.eval_samples,
                    predict=m.predict, factored=m.factored, weight_prior=m.weight_prior,
-                   shared_noise=m.shared_noise, mc_average=m.mc_average, unlabelled_weight=m.unlabelled_weight)
+                   shared_noise=m.shared_noise, mc_average=m.mc_average, unlabelled_weight=m.unlabelled_weight,
+                   init=m.init)
     return build
 
 
