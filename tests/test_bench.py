@@ -140,21 +140,33 @@ def test_vae_kl_bias_separates_the_old_closed_form_from_the_unbiased_estimates()
     assert gap == pytest.approx(old - corrected, abs=2e-3) and gap > 0.5     # the old objective's bias
 
 
-def test_ssl_results_trains_each_arm_then_tabulates_and_draws_the_curves(tmp_path):
+def test_results_train_each_arm_then_tabulate_and_draw_the_curves(tmp_path):
     data = write_mnist_dir(tmp_path / "fashion", n_train=600, n_test=200)       # small real-format files
-    out = run("ssl_results.py", "all", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
+    out = run("results.py", "all", "--family", "ssl", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
               "--root", str(tmp_path / "runs"), "--data-dir", str(data), timeout=600)
     for arm in ("MLP (labels only)", "SDGM"):
         (cells,) = rows(out, arm)
         assert cells[2] == "0" and 0 <= float(cells[3]) <= 100 and 0 <= float(cells[4]) <= 100, cells
-        assert int(cells[5]) > 0 and re.fullmatch(r"`[0-9a-f]{8}`", cells[8]), cells
+        assert int(cells[5]) == 1 and int(cells[6]) > 0 and re.fullmatch(r"`[0-9a-f]{8}`", cells[9]), cells
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
     assert re.search(r"MLflow run ssl-results [0-9a-f]{32}", out), out
     done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")}
     assert len(done) == 2
-    run("ssl_results.py", "train", "--quick", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "runs"),
-        "--data-dir", str(data))
+    run("results.py", "train", "--family", "ssl", "--quick", "--out", str(tmp_path / "out"),
+        "--root", str(tmp_path / "runs"), "--data-dir", str(data))
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")} == done   # finished: skipped
+
+
+def test_results_of_the_sequence_models_carry_the_sequence_error_and_the_attention_figure(tmp_path):
+    data = write_mnist_dir(tmp_path / "mnist", n_train=600, n_test=200)
+    out = run("results.py", "all", "--family", "spn", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
+              "--root", str(tmp_path / "runs"), "--data-dir", str(data), "--set", "data.dataset=cluttered-mnist",
+              "--no-log", timeout=600)
+    for arm in ("CNN", "RNN-SPN, d = 3"):
+        (cells,) = rows(out, arm)
+        per_digit, sequence = float(cells[3]), float(cells[4])
+        assert 0 <= per_digit <= sequence <= 100, cells
+    assert (tmp_path / "out" / "attention_boxes_best.png").stat().st_size > 1000     # the RNN-SPN's
 
 
 def test_ssl_bisect_runs_patched_and_configured_arms_and_tabulates_their_curves(tmp_path):
