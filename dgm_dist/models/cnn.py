@@ -141,6 +141,6 @@ class SequenceCNN(SequenceClassifier):
         """(B, digits, num_classes) log-probabilities."""
         images = as_channels(x)
         if self.glimpse != images.shape[-1]:     # at full size the identity glimpse is the image itself
-            images = self.transformer(images, self.theta.expand(len(images), 1, 2, 3))[:, 0]
+            images = self.transformer(images, self.theta.expand(images.shape[0], 1, 2, 3))[:, 0]
         logits = self.classifier(images)    # one Dense-10 softmax per position = one dense of digits * 10
         return F.log_softmax(logits.view(-1, self.digits, self.num_classes), dim=-1)
