@@ -1,5 +1,5 @@
 """Cluttered digit sequences, following the RNN-SPN paper's `create_mnist_sequence.py`
-(papers.md 3.2), generalised to any 28x28 digit source and any canvas/sequence size.
+(docs/data.md), generalised to any 28x28 digit source and any canvas/sequence size.
 
 Per image: `digits` digits drawn with replacement are placed side by side (no gap) from a base x
 offset (canvas - digits*28)//2 plus a shift in [-base, base); a y offset drawn in [0, canvas) and a
@@ -9,7 +9,7 @@ offset (canvas - digits*28)//2 plus a shift in [-base, base); a y offset drawn i
 canvas, which is then added to the digits and clipped. Labels are the digit classes left to right.
 
 Differences from the original script (deliberate): numpy's PCG64 generator instead of the legacy
-global seed (the original's own dataset is not reproducible from its script, papers.md 3.2), pixels
+global seed (the original's own dataset is not reproducible from its script, docs/data.md), pixels
 kept as uint8 (the saturating sum equals the original's float clip exactly), the crop pool drawn
 from the training digits once (the original listed the training set twice until commit d9174d5).
 """

@@ -69,7 +69,7 @@ def load_split(dat_path: Path, cat_path: Path, stereo: str, size: int | None, me
     """Images (N, C, H, W) uint8 and labels (N,) int64.
 
     stereo="both": both cameras as 2 channels (the ADGM paper, 2 x 1024 features at 32x32).
-    stereo="left_duplicated": the LVAE code's quirk (papers.md 2.4): only the left image, each
+    stereo="left_duplicated": the LVAE code's quirk (docs/data.md): only the left image, each
     example twice (2N rows, 1 channel).
     """
     images, labels = read_norb(dat_path), read_norb(cat_path).astype(np.int64).reshape(-1)

@@ -1,6 +1,6 @@
 """Semi-supervised label splits, held-out validation, and binarization.
 
-The ADGM/SDGM code (papers.md 1.3) takes n_labeled/num_classes examples of each class with a
+The ADGM/SDGM code (docs/data.md) takes n_labeled/num_classes examples of each class with a
 seeded shuffle, and uses ALL training images as the unlabelled set (the labelled ones included);
 its "validation" set was inside the training set. Here a validation set is held out of training
 first (`n_valid`, 0 reproduces the original), then labels are drawn from what remains.
@@ -53,12 +53,12 @@ def semi_supervised_split(labels: np.ndarray, n_labels: int, n_valid: int, num_c
 
 
 def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A fresh Bernoulli sample of intensities in [0, 1], drawn every step (papers.md 1.3, 2.4)."""
+    """A fresh Bernoulli sample of intensities in [0, 1], drawn every step (docs/data.md)."""
     return torch.bernoulli(x, generator=generator)
 
 
 def static_binarize(x: np.ndarray, seed: int) -> np.ndarray:
-    """One fixed Bernoulli sample (the LVAE code binarizes the test set once, papers.md 2.4)."""
+    """One fixed Bernoulli sample (the LVAE code binarizes the test set once, docs/data.md)."""
     rng = np.random.default_rng(seed)
     return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
 

@@ -27,7 +27,7 @@ def read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize_and_scale(x: np.ndarray, rng: np.random.Generator, std: np.ndarray | None = None):
-    """The ADGM code's SVHN preprocessing (papers.md 1.4): add U(0,1) noise to the byte values,
+    """The ADGM code's SVHN preprocessing (docs/data.md): add U(0,1) noise to the byte values,
     divide each RGB channel by its standard deviation (no mean subtraction), flatten to 3072.
 
     Returns the features and the per-channel std, which must be reused for the test set.

@@ -1,6 +1,6 @@
 """Opt-in (DGM_SSH_TESTS=1, as root on a Debian machine): the cluster launcher end to end with the
 local provider over SSH to 127.0.0.1 — `ray up`, `ray submit cluster.yaml submit.py -- train ...`,
-`ray down` — as a user would run them against a real cluster (stack.md 5.5).
+`ray down` — as a user would run them against a real cluster (docs/data.md, "Clusters for the SSH tests").
 
 What it sets up, idempotently (it changes the machine; that is why it is opt-in):
 - Debian packages openssh-server, rsync, python3-venv;
