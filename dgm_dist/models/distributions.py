@@ -1,7 +1,7 @@
 """Log-densities and KL divergences, in nats, summed over the last (feature) axis.
 
 Gaussians are parameterised by mean and log-variance; the log-variance is an unconstrained linear
-output (a softplus on it, as one public port did, would force every variance >= 1: papers.md 4.1).
+output (a softplus on it, as one public port did, would force every variance >= 1: docs/models.md).
 """
 
 from __future__ import annotations
