@@ -184,7 +184,8 @@ def test_ssl_bisect_runs_patched_and_configured_arms_and_tabulates_their_curves(
 
 def test_spn_stall_trains_every_update_rule_and_gru_init():
     out = run("spn_stall.py", "--quick")
-    found = re.findall(rf"^full\s+8 (rmsprop|rmsprop_lasagne)\s+(torch|lasagne)\s+({NUMBER}) /\s+({NUMBER})$", out, re.M)
+    found = re.findall(rf"^full\s+8 (rmsprop|rmsprop_lasagne)\s+(torch|lasagne)\s+({NUMBER}) /\s+({NUMBER})$",
+                       out, re.M)
     assert {(o, i) for o, i, _, _ in found} == {(o, i) for o in ("rmsprop", "rmsprop_lasagne")
                                                for i in ("torch", "lasagne")}, out
     assert all(0 < float(loss) < 5 for _, _, loss, _ in found)
