@@ -24,6 +24,7 @@ def plain_loop(cfg, epochs: int, device: str) -> float:
     import torch
 
     from dgm_dist.data import load_from_config
+    from dgm_dist.data.pixels import to_unit
     from dgm_dist.models.registry import build_model, model_spec
     from dgm_dist.training import data as D
     from dgm_dist.training.optim import clip_gradients, make_optimizer
@@ -38,7 +39,7 @@ def plain_loop(cfg, epochs: int, device: str) -> float:
     for epoch in range(epochs):
         n, t = 0, time.perf_counter()
         for batch in D.epoch_batches(data, epoch, 0, 1, cfg.optim.batch_size, 100, cfg.seed):
-            loss, _ = model(x=D.to_float(batch["x"]).to(device), y=batch["y"].to(device))
+            loss, _ = model(x=to_unit(batch["x"]).to(device), y=batch["y"].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(model.parameters(), cfg.optim)

@@ -55,6 +55,7 @@ def estimates(model: lvae.HierarchicalVAE, x: torch.Tensor, repeats: int = 3, ba
 def trained(target: str) -> tuple[str, lvae.HierarchicalVAE, torch.Tensor]:
     from dgm_dist.config import load_config
     from dgm_dist.data import load_from_config
+    from dgm_dist.data.pixels import to_unit
     from dgm_dist.models.registry import model_spec
     from dgm_dist.training import data as training_data
     from dgm_dist.training.launcher import storage_path
@@ -64,7 +65,7 @@ def trained(target: str) -> tuple[str, lvae.HierarchicalVAE, torch.Tensor]:
     data = training_data.prepare(load_from_config(cfg.data, download=False), cfg.data,
                                  model_spec(cfg.model.name).streams)
     model.prepare_evaluation(training_data.training_inputs(data))
-    return cfg.model.name, model.eval(), training_data.to_float(data.eval_sets["test"][0]).flatten(1)
+    return cfg.model.name, model.eval(), to_unit(data.eval_sets["test"][0]).flatten(1)
 
 
 def quick() -> tuple[str, lvae.HierarchicalVAE, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Deterministic inference graphs of the trained classifiers, as exported to ONNX.
 
 Every graph takes raw pixels, `uint8 (B, H, W[, C])`, and does the preprocessing the training loop
-did (`training.data.to_float`: x / 255) inside, so an edge app feeds decoded images as they are.
+did (`data.pixels.to_unit`: x / 255) inside, so an edge app feeds decoded images as they are.
 
 - MLP, CNN: `log_probs` (B, classes) or (B, positions, classes).
 - CNN-SPN, RNN-SPN: `log_probs` (B, positions, classes) and `theta` (B, steps, 2, 3), the affine
@@ -32,7 +32,7 @@ INPUT = "pixels"
 
 
 class Graph(nn.Module):
-    """Pixels in, as `training.data.to_float` converts them: uint8 0..255 -> float 0..1. The scale
+    """Pixels in, as `data.pixels.to_unit` converts them: uint8 0..255 -> float 0..1. The scale
     is a buffer, so `.double()` gives the float64 twin that `checks` uses as the exact reference."""
 
     def __init__(self, model: nn.Module):

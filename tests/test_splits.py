@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dgm_dist.data.splits import dynamic_binarize, semi_supervised_split, static_binarize, to_unit
+from dgm_dist.data.pixels import to_unit
+from dgm_dist.data.splits import dynamic_binarize, semi_supervised_split, static_binarize
 from dgm_dist.errors import ConfigError
 
 LABELS = np.random.default_rng(0).integers(0, 10, 3000)

@@ -63,6 +63,3 @@ def static_binarize(x: np.ndarray, seed: int) -> np.ndarray:
     return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
 
 
-def to_unit(x: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [0, 1]; float input is returned as float32."""
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)

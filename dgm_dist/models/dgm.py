@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgm_dist.data.pixels import to_unit
 from dgm_dist.models.distributions import kl_normal_standard, log_bernoulli, log_normal, sample_normal
 from dgm_dist.models.layers import MLP, GaussianHead
 
@@ -206,7 +207,7 @@ class SemiSupervisedDGM(nn.Module):
         samples = self.decode(y, z).clamp(0, 1).reshape(-1, *shape).cpu().numpy()
         names = data.classes or tuple(map(str, range(c)))
         x = data.eval_sets["test"][0][:16]
-        x = (x.float() / 255 if x.dtype == torch.uint8 else x).to(device).flatten(1)
+        x = to_unit(x).to(device).flatten(1)
         a = self.aux_posterior(x)[0] if self.has_aux else None
         y_hat = self.classes[self.class_logits(x, a).argmax(-1)]
         z_mean = self.q_z_head(_call(self.q_z, x=x, a=a, y=y_hat))[0]

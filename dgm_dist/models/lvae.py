@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgm_dist.data.pixels import to_unit
 from dgm_dist.models.distributions import log_bernoulli, log_normal, log_standard_normal
 
 VAR_EPS = 1e-5
@@ -307,7 +308,7 @@ class HierarchicalVAE(nn.Module):
         shape = data.info.image_shape
         samples = self.sample_prior(64, torch.Generator().manual_seed(0)).clamp(0, 1)
         x = data.eval_sets["test"][0][:16]
-        x = (x.float() / 255 if x.dtype == torch.uint8 else x).to(self.x_mu.weight.device).flatten(1)
+        x = to_unit(x).to(self.x_mu.weight.device).flatten(1)
         recon = self.decode_mean(self.infer(x, use_means=True)["z"][0]).clamp(0, 1)
         pairs = torch.stack([x, recon], 1).reshape(-1, *shape).cpu().numpy()
         return {"prior_samples": (samples.reshape(-1, *shape).cpu().numpy(), None),

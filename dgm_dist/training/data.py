@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from dgm_dist.data.catalog import Dataset
-from dgm_dist.data.splits import semi_supervised_split, static_binarize, to_unit
+from dgm_dist.data.pixels import to_unit
+from dgm_dist.data.splits import semi_supervised_split, static_binarize
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.registry import DataInfo
 
@@ -84,15 +85,12 @@ def prepare(ds: Dataset, data_cfg, streams: str) -> TrainingData:
         dynamic_binarize=data_cfg.binarize == "dynamic", classes=tuple(ds.classes))
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1]; float input unchanged."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def training_inputs(data: TrainingData) -> torch.Tensor:
     """The whole training set as the model sees it in training (one seeded Bernoulli sample when
     binarization is dynamic): for statistics such as batch norm's over the full training set."""
-    x = to_float(data.train_x)
+    x = to_unit(data.train_x)
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(0)) if data.dynamic_binarize else x
 
 

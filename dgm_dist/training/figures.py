@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from dgm_dist.data.grid import save_grid
-from dgm_dist.training.data import TrainingData, to_float
+from dgm_dist.data.pixels import to_unit
+from dgm_dist.training.data import TrainingData
 
 COUNT = 16
 STEP_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:cyan")
@@ -112,7 +113,7 @@ def confusion_matrix(pred: np.ndarray, true: np.ndarray, classes: tuple[str, ...
 
 @torch.no_grad()
 def _predict_all(model, x: torch.Tensor, device, batch: int = 500) -> torch.Tensor:
-    return torch.cat([model.classify(to_float(x[i:i + batch]).to(device)).argmax(-1).cpu()
+    return torch.cat([model.classify(to_unit(x[i:i + batch]).to(device)).argmax(-1).cpu()
                       for i in range(0, len(x), batch)])
 
 
@@ -124,7 +125,7 @@ def sequence_figures(model, data: TrainingData, out: Path, device) -> list[Path]
     written = [confusion_matrix(_predict_all(model, x, device).numpy(), y.numpy(), data.classes,
                                 out / "confusion_matrix.png")]
     if hasattr(model, "attend"):
-        logp, theta, glimpses = model.attend(to_float(x[:COUNT]).to(device))
+        logp, theta, glimpses = model.attend(to_unit(x[:COUNT]).to(device))
         short = tuple(c[:4] for c in data.classes)
         captions = [f"{_label(short, p)}/{_label(short, t)}" for p, t in zip(logp.argmax(-1).cpu(), y[:COUNT],
                                                                              strict=True)]
@@ -147,7 +148,7 @@ def write_figures(model, data: TrainingData, out: Path, device, metrics: dict | 
     x, y = x[:COUNT], y[:COUNT]
     if hasattr(model, "classify"):
         model.eval()
-        pred = model.classify(to_float(x).to(device)).argmax(-1).cpu()
+        pred = model.classify(to_unit(x).to(device)).argmax(-1).cpu()
         short = tuple(c[:4] for c in data.classes)       # captions are as wide as the image
         captions = [f"{_label(short, p)}/{_label(short, t)}" for p, t in zip(pred, y, strict=True)]
         written.append(save_grid(out / "test_predictions.png", x.numpy(), captions, columns=4))

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from dgm_dist.config import Config, to_dict
 from dgm_dist.data import load_from_config
+from dgm_dist.data.pixels import to_unit
 from dgm_dist.errors import DivergedError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.training import data as training_data
@@ -165,7 +166,7 @@ def evaluate(model, data: training_data.TrainingData, batch_size: int, device) -
     net.eval()
     out = {}
     for split, (x, y) in data.eval_sets.items():
-        sums = evaluate_sums(lambda xb, yb: net.eval_sums(training_data.to_float(xb), yb), x, y,
+        sums = evaluate_sums(lambda xb, yb: net.eval_sums(to_unit(xb), yb), x, y,
                              max(batch_size, 500), device)
         if hasattr(net, "summarize"):              # per-unit statistics -> figures such as active units
             sums = net.summarize(sums)
@@ -193,7 +194,7 @@ def track_best(best: dict | None, metrics: dict[str, float], spec) -> dict | Non
 def _input(x: torch.Tensor, key: str, dynamic_binarize: bool, generator: torch.Generator) -> torch.Tensor:
     if key == "y":
         return x
-    x = training_data.to_float(x)
+    x = to_unit(x)
     return torch.bernoulli(x, generator=generator) if dynamic_binarize else x
 
 

@@ -13,6 +13,7 @@ import torch
 
 from dgm_dist.config import Config, apply
 from dgm_dist.data import load_from_config
+from dgm_dist.data.pixels import to_unit
 from dgm_dist.errors import ConfigError, DataError
 from dgm_dist.models.registry import DataInfo, build_model, model_spec
 from dgm_dist.training import data as training_data
@@ -98,7 +99,7 @@ def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None =
     totals: dict[str, torch.Tensor] = {}
     started, last_print = time.time(), 0.0
     for i in range(0, len(x), batch_size):
-        sums = model.eval_sums(training_data.to_float(x[i:i + batch_size]), y[i:i + batch_size])
+        sums = model.eval_sums(to_unit(x[i:i + batch_size]), y[i:i + batch_size])
         for k, v in sums.items():
             totals[k] = totals.get(k, 0) + v.double()
         done = min(len(x), i + batch_size)
