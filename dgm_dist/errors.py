@@ -18,5 +18,13 @@ class ConfigError(DgmError):
     """A configuration value is invalid."""
 
 
+class TrackingError(DgmError):
+    """The tracking store (MLflow) cannot be used."""
+
+
+class TrainingError(DgmError):
+    """A run that started but could not finish (diverged, or workers failed for good)."""
+
+
 class DivergedError(DgmError):
     """Training produced a non-finite loss or gradient (raised in Tune trials, where it fails the trial)."""

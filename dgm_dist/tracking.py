@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from dgm_dist.errors import ConfigError, DgmError
+from dgm_dist.errors import ConfigError, TrackingError
 
 SERVER_HINT = ("start one with `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 "
                "--port 5000`, fix MLFLOW_TRACKING_URI, or unset it to log to a local sqlite file")
@@ -26,10 +26,6 @@ SERVER_HINT = ("start one with `mlflow server --backend-store-uri sqlite:///mlfl
 
 RESUME_TAG = "dgm.resume_key"     # <storage path>/<run name>: Ray Train's resume key
 EPOCH_METRIC = "epoch"             # logged with every report; its steps are the logged epochs
-
-
-class TrackingError(DgmError):
-    """The tracking store cannot be used."""
 
 
 def resolve_uri(tracking_cfg) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from dgm_dist.tracking import TrackingError, quiet_mlflow
+from dgm_dist.errors import TrackingError
+from dgm_dist.tracking import quiet_mlflow
 from export.checks import providers_for
 from export.graphs import INPUT
 

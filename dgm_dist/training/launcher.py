@@ -20,14 +20,10 @@ from typing import Any
 
 from dgm_dist.config import Config, flatten
 from dgm_dist.data import load_from_config
-from dgm_dist.errors import ConfigError, DgmError
+from dgm_dist.errors import ConfigError, DgmError, TrainingError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri
 from dgm_dist.training import data as training_data
-
-
-class TrainingError(DgmError):
-    """A run that started but could not finish (diverged, or workers failed for good)."""
 
 
 @dataclass
