@@ -18,11 +18,10 @@ from formats import write_mnist_dir
 from dgm_dist.cli import main
 from dgm_dist.config import Config, apply
 from dgm_dist.data import load_from_config
-from dgm_dist.data.pixels import to_unit
 from dgm_dist.models.mlp import MLPClassifier
 from dgm_dist.models.registry import DataInfo, build_model
 from dgm_dist.training import state
-from dgm_dist.training.evaluation import evaluate_sums
+from dgm_dist.training.evaluation import evaluate_model
 
 CPUS = os.cpu_count()
 
@@ -73,8 +72,7 @@ def test_local_run_is_tracked_and_evaluated_on_the_full_sets(capsys, root, data_
     model.load_state_dict(saved["model"])
     x, y = load_from_config(cfg.data).split("test")
     assert len(x) == 130
-    sums = evaluate_sums(lambda xb, yb: model.eval().eval_sums(to_unit(xb), yb),
-                         torch.from_numpy(x), torch.from_numpy(y.astype("int64")), batch_size=500)
+    sums = evaluate_model(model.eval(), torch.from_numpy(x), torch.from_numpy(y.astype("int64")), batch_size=500)
     assert sums == {"error": m["test_error"], "nll": m["test_nll"]}               # exactly
 
 

@@ -18,11 +18,10 @@ from ray.train.torch import TorchTrainer
 
 from dgm_dist.config import load_config
 from dgm_dist.data import load_from_config
-from dgm_dist.data.pixels import to_unit
 from dgm_dist.models.mlp import MLPClassifier
 from dgm_dist.models.registry import DataInfo, build_model
 from dgm_dist.training import state
-from dgm_dist.training.evaluation import evaluate_sums
+from dgm_dist.training.evaluation import evaluate_model
 from dgm_dist.training.launcher import drill_marker, train
 
 TIMING_KEYS = ("epoch_seconds", "throughput", "first_step_at")
@@ -98,8 +97,7 @@ def test_killed_worker_resumes_to_the_same_result_and_one_metric_series(tmp_path
     model = build_model(_cfg(tmp_path, data_dir, 2, 4).model, DataInfo(**saved["extra"]["data_info"]))
     model.load_state_dict(saved["model"])
     x, y = load_from_config(_cfg(tmp_path, data_dir, 2, 4).data).split("test")
-    sums = evaluate_sums(lambda xb, yb: model.eval().eval_sums(to_unit(xb), yb),
-                         torch.from_numpy(x), torch.from_numpy(y.astype("int64")), batch_size=500)
+    sums = evaluate_model(model.eval(), torch.from_numpy(x), torch.from_numpy(y.astype("int64")), batch_size=500)
     assert sums["error"] == whole.metrics["test_error"]
     assert sums["nll"] == pytest.approx(whole.metrics["test_nll"], rel=1e-6)
 

@@ -31,7 +31,7 @@ from dgm_dist.errors import DivergedError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.training import data as training_data
 from dgm_dist.training import schedules, state
-from dgm_dist.training.evaluation import evaluate_sums
+from dgm_dist.training.evaluation import evaluate_model
 from dgm_dist.training.figures import write_figures
 from dgm_dist.training.optim import clip_gradients, make_optimizer
 
@@ -166,10 +166,7 @@ def evaluate(model, data: training_data.TrainingData, batch_size: int, device) -
     net.eval()
     out = {}
     for split, (x, y) in data.eval_sets.items():
-        sums = evaluate_sums(lambda xb, yb: net.eval_sums(to_unit(xb), yb), x, y,
-                             max(batch_size, 500), device)
-        if hasattr(net, "summarize"):              # per-unit statistics -> figures such as active units
-            sums = net.summarize(sums)
+        sums = evaluate_model(net, x, y, max(batch_size, 500), device)
         out.update({f"{split}_{k}": v for k, v in sums.items()})
     return out
 

@@ -13,11 +13,11 @@ import torch
 
 from dgm_dist.config import Config, apply
 from dgm_dist.data import load_from_config
-from dgm_dist.data.pixels import to_unit
 from dgm_dist.errors import ConfigError, DataError
 from dgm_dist.models.registry import DataInfo, build_model, model_spec
 from dgm_dist.training import data as training_data
 from dgm_dist.training import state
+from dgm_dist.training.evaluation import evaluate_model
 
 
 def find_checkpoint(target: str, storage_path: str, tracking_uri: str | None = None) -> Path:
@@ -96,21 +96,17 @@ def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None =
     x, y = data.eval_sets[split]
     split_size = len(x)
     x, y = x[:examples], y[:examples]
-    totals: dict[str, torch.Tensor] = {}
     started, last_print = time.time(), 0.0
-    for i in range(0, len(x), batch_size):
-        sums = model.eval_sums(to_unit(x[i:i + batch_size]), y[i:i + batch_size])
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0) + v.double()
-        done = min(len(x), i + batch_size)
-        if out and (time.time() - last_print > 10 or done == len(x)):
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last_print
+        if out and (time.time() - last_print > 10 or done == total):
             last_print = time.time()
             elapsed = last_print - started
-            out(f"evaluated {done:,}/{len(x):,} {split} examples in {elapsed:.0f} s, "
-                f"eta {math.ceil(elapsed / done * (len(x) - done))} s")
-    metrics = {k.removesuffix("_sum"): (v / len(x)).tolist() for k, v in totals.items()}
-    if hasattr(model, "summarize"):
-        metrics = model.summarize(metrics)
+            out(f"evaluated {done:,}/{total:,} {split} examples in {elapsed:.0f} s, "
+                f"eta {math.ceil(elapsed / done * (total - done))} s")
+
+    metrics = evaluate_model(model, x, y, batch_size, progress=progress)
     result = {f"{split}_{k}": v for k, v in metrics.items() if not isinstance(v, list)}
     if iw_samples is not None:
         result["iw_samples"] = iw_samples
