@@ -118,6 +118,28 @@ def test_nonfinite_loss_stops_with_one_clear_error(capsys, root, data_dir, monke
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["dgm.error"]
 
 
+def test_with_checks_every_few_steps_a_nonfinite_loss_still_stops_before_any_checkpoint(
+        capsys, root, data_dir, monkeypatch):
+    """GPU runs agree on finiteness every 50 steps, not every step (no host sync per step): the run
+    still stops, names the range of steps, and writes no checkpoint of the non-finite model."""
+    from dgm_dist.training import launcher
+
+    calls = {"n": 0}
+    real = MLPClassifier.loss
+
+    def loss_that_diverges(self, x, y):
+        calls["n"] += 1
+        loss, terms = real(self, x, y)
+        return (loss * float("nan"), terms) if calls["n"] == 13 else (loss, terms)   # epoch 2, step 3
+
+    monkeypatch.setattr(MLPClassifier, "forward", loss_that_diverges)
+    monkeypatch.setattr(launcher, "check_every", lambda cfg: 4)
+    code, _, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "diverges-late")
+    assert code == 2 and "Traceback" not in err
+    assert "non-finite loss at epoch 2, one of steps 11-14" in err, err    # checks after steps 14, 18, 20
+    assert "checkpoint_epoch=000001" in err and "checkpoint_epoch=000002" not in err
+
+
 def test_unreachable_tracking_server_is_reported_before_training(capsys, root, data_dir, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,8 @@ from dgm_dist.models.mlp import MLPClassifier
 from dgm_dist.models.registry import DataInfo, build_model
 from dgm_dist.training import state
 from dgm_dist.training.evaluation import evaluate_model
-from dgm_dist.training.launcher import drill_marker, train
+from dgm_dist.training.faults import KillWorker
+from dgm_dist.training.launcher import drill_marker, storage_path, train
 
 TIMING_KEYS = ("epoch_seconds", "throughput", "first_step_at")
 
@@ -81,7 +82,9 @@ def test_killed_worker_resumes_to_the_same_result_and_one_metric_series(tmp_path
     whole = train(_cfg(tmp_path, data_dir, 2, 4, *extra), run_name="whole", out=None)
     # rank 1 is SIGKILLed at epoch 4, step 2: the group restarts from the epoch-2 checkpoint and
     # re-runs epoch 3, whose report the driver may already have logged
-    drill = train(_cfg(tmp_path, data_dir, 2, 4, *extra), run_name="drill", out=None, kill_at=(4, 2, 1))
+    marker = drill_marker(storage_path(_cfg(tmp_path, data_dir, 2, 4)), "drill")
+    drill = train(_cfg(tmp_path, data_dir, 2, 4, *extra), run_name="drill", out=None,
+                  batches_hook=KillWorker(4, 2, 1, str(marker)))
     assert "killed rank 1 at epoch 4, step 2" in drill_marker(drill.storage_path, "drill").read_text()
     assert set(drill.replayed_epochs) <= {3}       # epoch 3 is re-run; logged once if it was seen
     for k, v in whole.metrics.items():

@@ -8,12 +8,13 @@ checkpoint (Ray Train V2's resume key, docs/training.md).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,9 @@ def validate(cfg: Config) -> None:
 
 
 def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=print,
-          kill_at: tuple[int, int, int] | None = None) -> TrainResult:
-    """Train `cfg` to the end and return its final metrics. `kill_at=(epoch, step, rank)` is a fault
-    drill: that worker is SIGKILLed once, mid-epoch."""
+          batches_hook=None) -> TrainResult:
+    """Train `cfg` to the end and return its final metrics. `batches_hook` is a fault drill of
+    `training/faults.py` (tests only)."""
     started = time.time()
     validate(cfg)
     uri = resolve_uri(cfg.tracking)
@@ -130,7 +131,7 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
     status = "FAILED"
     restore = _sigterm_as_interrupt()
     try:
-        result = _fit(cfg, run_name, storage, monitor, verbose, out, kill_at)
+        result = _fit(cfg, run_name, storage, monitor, verbose, out, batches_hook)
         if monitor.nonfinite:
             raise TrainingError(f"{monitor.nonfinite}. The run stopped; its last good checkpoint is "
                                 f"{monitor.latest_checkpoint or '(none yet)'}")
@@ -170,27 +171,18 @@ def _sigterm_as_interrupt():
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, kill_at) -> dict[str, Any]:
+def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, batches_hook) -> dict[str, Any]:
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
-    from dgm_dist.training.loop import train_loop_per_worker
+    from dgm_dist.training.loop import LoopOptions
 
-    loop_config: dict[str, Any] = {"cfg": cfg}
-    if cfg.optim.max_minutes:
-        loop_config["deadline"] = monitor.started + 60 * cfg.optim.max_minutes
-    if kill_at:
-        loop_config["kill_at"] = {"at": tuple(kill_at), "marker": str(drill_marker(storage, run_name))}
+    options = LoopOptions(cfg, batches_hook=batches_hook, check_every=check_every(cfg),
+                          deadline=monitor.started + 60 * cfg.optim.max_minutes if cfg.optim.max_minutes else math.inf)
     if cfg.scaling.workers == 0:
         local_dir = Path(storage) / run_name
         local_dir.mkdir(parents=True, exist_ok=True)
-        loop_config.update(local_dir=str(local_dir), sink=monitor)
         _quiet_ray(verbose)
-        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
-                               scaling_config=ray.train.ScalingConfig(num_workers=0),
-                               run_config=ray.train.RunConfig(name=run_name, storage_path=storage))
-        trainer.fit()
+        make_trainer(cfg, run_name, storage, replace(options, local_dir=str(local_dir), sink=monitor)).fit()
         return monitor.history[-1] if monitor.history else {}
 
     from ray.util.queue import Queue
@@ -200,7 +192,7 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
     with RaySession(cfg.scaling, verbose):
         _check_cluster(cfg.scaling, out)
         reports = Queue(actor_options={"num_cpus": 0})
-        trainer = make_trainer(cfg, run_name, storage, loop_config, callbacks=[ForwardReports(reports)])
+        trainer = make_trainer(cfg, run_name, storage, options, callbacks=[ForwardReports(reports)])
         with QueueDrain(reports, monitor):
             try:
                 trainer.fit()
@@ -209,12 +201,25 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
         return monitor.history[-1] if monitor.history else {}
 
 
-def make_trainer(cfg: Config, run_name: str, storage: str, loop_config: dict[str, Any], callbacks: list):
-    """The `TorchTrainer` of one run on a Ray cluster (a training run, or one Tune trial)."""
+def check_every(cfg: Config) -> int:
+    """Steps between the workers' agreement on finiteness and the deadline: every step on CPUs
+    (the exact failing step in the error; a host sync costs nothing there), every 50 on GPUs
+    (no per-step wait for the device; the error names the range of steps)."""
+    return 50 if cfg.scaling.use_gpu else 1
+
+
+def make_trainer(cfg: Config, run_name: str, storage: str, options, callbacks: list = ()):
+    """The `TorchTrainer` of one run: in-process (local mode, `scaling.workers=0`), on the embedded
+    Ray or on a cluster (a training run, or one Tune trial)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from dgm_dist.training.loop import train_loop_per_worker
+
+    if cfg.scaling.workers == 0:
+        return TorchTrainer(train_loop_per_worker, train_loop_config={"options": options},
+                            scaling_config=ray.train.ScalingConfig(num_workers=0),
+                            run_config=ray.train.RunConfig(name=run_name, storage_path=storage))
 
     # the controller collects reports when it polls the workers (every 2 s by default); a shorter
     # interval keeps short epochs from waiting on it (the user's own setting wins)
@@ -223,12 +228,12 @@ def make_trainer(cfg: Config, run_name: str, storage: str, loop_config: dict[str
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config,
+        train_loop_per_worker, train_loop_config={"options": options},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scaling.placement_strategy),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage, callbacks=callbacks,
+            name=run_name, storage_path=storage, callbacks=list(callbacks),
             worker_runtime_env={"env_vars": worker_env()},
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))

@@ -1,5 +1,10 @@
-"""The per-worker training loop: one function, run by every Ray Train worker (or in-process in
-local mode), readable top to bottom.
+"""The per-worker training loop, run by every Ray Train worker (or in-process in local mode).
+
+`train_loop_per_worker` reads top to bottom; the Ray integration points are numbered as in Ray's
+own examples: (1) this worker's place in the group and the checkpoint to resume from, (2) the model
+wrapped for DDP and the worker's device, (3) `ray.train.report` with a checkpoint, a barrier that
+every rank reaches equally often. The per-epoch cadence — train, evaluate, checkpoint, report,
+stop — is the small functions below it.
 
 What makes resume exact: every random draw of an epoch derives from (seed, epoch, rank)
 (`data.epoch_seed`), the LR and KL warm-up are functions of the epoch and the optimizer step, and a
@@ -10,12 +15,12 @@ restarted from it repeats what the uninterrupted run did, bit for bit on one CPU
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,123 +41,224 @@ from dgm_dist.training.figures import write_figures
 from dgm_dist.training.optim import clip_gradients, make_optimizer
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """What the driver hands every worker besides the config (`train_loop_config={"options": ...}`)."""
+
+    cfg: Config
+    deadline: float = math.inf            # --max-minutes: the time.time() at which the run stops
+    raise_nonfinite: bool = False         # a Tune trial: a non-finite loss fails the trial (the study goes on)
+    local_dir: str | None = None          # local mode: checkpoints are kept here ...
+    sink: Callable[[dict, str | None], None] | None = None   # ... and each report goes to the driver's monitor
+    batches_hook: Callable[..., Iterable] | None = None      # tests: wraps each epoch's batches (fault drills)
+    check_every: int = 1                  # steps between the ranks' agreement on finiteness and the deadline
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    cfg: Config = config["cfg"]
-    local_dir = Path(config["local_dir"]) if config.get("local_dir") else None   # local mode only
+    opts: LoopOptions = config["options"]
+    cfg = opts.cfg
+    # (1) Ray: this worker's place in the group, and the checkpoint to resume from (once, at the top:
+    # docs/training.md)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    checkpoint = ray.train.get_checkpoint()          # once, at the top (docs/training.md)
+    checkpoint = ray.train.get_checkpoint()
 
-    # ---- data and model -------------------------------------------------------------------------
-    spec = model_spec(cfg.model.name)
-    dataset = load_from_config(cfg.data, download=False)          # the driver has cached it
-    data = training_data.prepare(dataset, cfg.data, spec.streams)
-    torch.manual_seed(cfg.seed)                                   # same initial weights on every rank
-    model = ray.train.torch.prepare_model(build_model(cfg.model, data.info))   # DDP when world > 1
-    device = ray.train.torch.get_device()
-    optimizer = make_optimizer(cfg.optim, model.parameters())
-    steps_per_epoch = training_data.steps_per_epoch(data, cfg.optim.batch_size, world)
-    warmup_total = schedules.warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch)
-
-    start_epoch, step, best = 0, 0, None
-    checkpoint_dir = _local_latest(local_dir) if local_dir and checkpoint is None else None
+    run = _Run.build(cfg, rank, world)                 # (2) Ray: prepare_model (DDP) and the device
     with ExitStack() as stack:
-        if checkpoint is not None:
-            checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory()))
-        if checkpoint_dir is not None:
-            saved = state.load(checkpoint_dir)
-            start_epoch, step = state.restore(saved, model, optimizer, generators={})
-            best = saved["extra"].get("best")
-            last = saved["extra"].get("metrics") or {}
-            if start_epoch >= cfg.optim.epochs or last.get("stopped_early"):
-                # the run had finished when its driver died (a Tune driver killed after the last
-                # checkpoint, before Tune recorded the trial as done): report its final result again,
-                # so the restarted driver sees it, instead of reporting nothing
-                again = None
-                if rank == 0:
-                    again = _checkpoint_dir(local_dir, start_epoch - 1)
-                    shutil.copytree(checkpoint_dir, again, dirs_exist_ok=True)
-                _report(dict(last), again, config)
-                return
+        resume_from = _checkpoint_to_resume(checkpoint, opts, stack)
+        saved = state.load(resume_from) if resume_from is not None else None
+        if saved is not None and run.resume(saved):
+            _report_again(resume_from, saved, opts, rank)   # it had finished: report its result again
+            return
 
-    # ---- epochs ---------------------------------------------------------------------------------
-    first_step_at, first_step_reported, out_of_time, report_due = None, False, False, True
-    deadline = config.get("deadline") or math.inf      # --max-minutes, from the driver's start
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        generator = torch.Generator().manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank))
-        torch.manual_seed(training_data.epoch_seed(cfg.seed, epoch, rank) + 1)       # dropout etc.
-        lr = schedules.learning_rate(cfg.optim.lr, epoch, cfg.optim.lr_decay, cfg.optim.lr_decay_every,
-                                     cfg.optim.lr_min, cfg.optim.lr_decay_start)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        if report_due:
-            sums: dict[str, torch.Tensor] = {}             # train metrics since the last report
-            seconds, epochs_since = 0.0, 0
-        started = time.perf_counter()
-        batches = training_data.epoch_batches(data, epoch, rank, world, cfg.optim.batch_size,
-                                              cfg.optim.labelled_batch_size, cfg.seed)
-        for i, batch in enumerate(batches):
-            _maybe_kill(config.get("kill_at"), epoch, i, rank)
-            batch = {k: _input(v, k, data.dynamic_binarize, generator).to(device) for k, v in batch.items()}
-            examples = len(batch.get("x_unlabelled", batch["x"]))   # an epoch is a pass over this stream
-            if spec.kl_weight:
-                batch["kl_weight"] = schedules.kl_weight(step, warmup_total)
-            loss, terms = model(**batch)          # forward = the loss, so DDP syncs gradients
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = clip_gradients(model.parameters(), cfg.optim)
-            nonfinite, out_of_time = _any_rank(
-                [not (math.isfinite(loss.item()) and math.isfinite(grad_norm)), time.time() > deadline], world, device)
-            if nonfinite:
-                why = _describe_nonfinite(epoch + 1, step + 1, loss, grad_norm, terms)
-                if config.get("raise_nonfinite"):          # a Tune trial: the trial fails, the study goes on
-                    raise DivergedError(why)
-                _report({"epoch": epoch + 1, "step": step, "nonfinite": why}, None, config)
-                return                 # every rank stops here; the last good checkpoint stays
-            optimizer.step()
-            step += 1
-            first_step_at = first_step_at or time.time()
-            terms = {"loss_sum": loss.detach().double() * examples, "examples": examples, **terms}
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float64, device=device)
-            if out_of_time:
-                break                  # the budget is spent: a final evaluation and checkpoint follow
-        seconds += time.perf_counter() - started
-        epochs_since += 1
+    window = _Window()
+    for epoch in range(run.epoch, cfg.optim.epochs):
+        lr = run.start_epoch(epoch)
+        problem, out_of_time = train_epoch(run, opts, epoch, window)
+        if problem:
+            if opts.raise_nonfinite:
+                raise DivergedError(problem)
+            _report({"epoch": epoch + 1, "step": run.step, "nonfinite": problem}, None, opts)
+            return                     # every rank stops here; the last good checkpoint stays
         last = epoch + 1 == cfg.optim.epochs or out_of_time
         evaluate_now = (epoch + 1) % cfg.scaling.checkpoint_every == 0 or last
-        report_due = evaluate_now or (epoch + 1) % cfg.scaling.report_every == 0
-        if not report_due:
-            continue                   # same decision on every rank: reports are barriers
+        if not (evaluate_now or (epoch + 1) % cfg.scaling.report_every == 0):
+            continue                   # the same decision on every rank: reports are barriers
 
-        metrics = {"epoch": epoch + 1, "step": step, "lr": lr, "epoch_seconds": seconds / epochs_since,
-                   **_train_metrics(sums, world, seconds, device)}
-        if first_step_at and not first_step_reported:
-            metrics["first_step_at"], first_step_reported = first_step_at, True
-        if out_of_time:
-            metrics["stopped_at_budget"] = 1
-        checkpoint_out = None
-        stop_early = False
+        metrics = window.close(run, epoch, lr, out_of_time)
+        checkpoint_out, stop_early = None, False
         if evaluate_now:
-            metrics.update(evaluate(model, data, cfg.optim.batch_size, device))
-            best = track_best(best, metrics, spec)
-            if best:
-                metrics.update(best["metrics"])
-                stop_early = bool(cfg.optim.patience) and epoch + 1 - best["epoch"] >= cfg.optim.patience
-            if stop_early:
-                metrics["stopped_early"] = 1
-            if rank == 0:                                      # only rank 0 writes; all ranks report
-                checkpoint_out = _checkpoint_dir(local_dir, epoch)
-                saved = state.capture(model, optimizer, epoch=epoch, global_step=step, generators={}, extra={
-                    "config": to_dict(cfg), "data_info": to_dict(data.info), "metrics": metrics,
-                    "warmup_steps": warmup_total, "best": best})
-                state.save(saved, checkpoint_out)
-                if last or stop_early:
-                    write_figures(state.unwrap(model), data, checkpoint_out / "figures", device, metrics)
-        _report(metrics, checkpoint_out, config)
+            stop_early = evaluate_and_select(run, metrics)
+            if rank == 0:              # only rank 0 writes; every rank reports
+                checkpoint_out = save_checkpoint(run, metrics, opts, figures=last or stop_early)
+        _report(metrics, checkpoint_out, opts)         # (3) Ray: report, with the checkpoint
         if out_of_time or stop_early:
             return
+
+
+# ---- the run's state on this worker ----------------------------------------------------------------
+
+@dataclass
+class _Run:
+    cfg: Config
+    rank: int
+    world: int
+    spec: Any
+    data: training_data.TrainingData
+    model: torch.nn.Module
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    warmup_total: int
+    epoch: int = 0                     # the first epoch still to train
+    step: int = 0                      # optimizer steps taken
+    best: dict | None = None           # the best validation epoch so far (track_best)
+    first_step_at: float | None = None
+    generator: torch.Generator | None = None    # this epoch's draws (start_epoch)
+
+    @classmethod
+    def build(cls, cfg: Config, rank: int, world: int) -> _Run:
+        spec = model_spec(cfg.model.name)
+        data = training_data.prepare(load_from_config(cfg.data, download=False), cfg.data, spec.streams)
+        torch.manual_seed(cfg.seed)                    # the same initial weights on every rank
+        model = ray.train.torch.prepare_model(build_model(cfg.model, data.info))   # DDP when world > 1
+        optimizer = make_optimizer(cfg.optim, model.parameters())
+        steps = training_data.steps_per_epoch(data, cfg.optim.batch_size, world)
+        return cls(cfg, rank, world, spec, data, model, ray.train.torch.get_device(), optimizer,
+                   schedules.warmup_steps(cfg.optim.warmup_epochs, steps))
+
+    def resume(self, saved: dict) -> bool:
+        """Continue from a checkpoint; True when the run it holds had already finished."""
+        self.epoch, self.step = state.restore(saved, self.model, self.optimizer, generators={})
+        self.best = saved["extra"].get("best")
+        last = saved["extra"].get("metrics") or {}
+        return self.epoch >= self.cfg.optim.epochs or bool(last.get("stopped_early"))
+
+    def start_epoch(self, epoch: int) -> float:
+        """Seed the epoch's draws, set its learning rate; returns the rate."""
+        o = self.cfg.optim
+        self.generator = torch.Generator().manual_seed(training_data.epoch_seed(self.cfg.seed, epoch, self.rank))
+        torch.manual_seed(training_data.epoch_seed(self.cfg.seed, epoch, self.rank) + 1)    # dropout etc.
+        lr = schedules.learning_rate(o.lr, epoch, o.lr_decay, o.lr_decay_every, o.lr_min, o.lr_decay_start)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        return lr
+
+
+@dataclass
+class _Window:
+    """The training metrics since the last report (reports can be several epochs apart)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+    epochs: int = 0
+    first_step_reported: bool = False
+
+    def add(self, terms: dict[str, Any], device) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float64, device=device)
+
+    def close(self, run: _Run, epoch: int, lr: float, out_of_time: bool) -> dict[str, Any]:
+        """The report's metrics; the window starts again empty."""
+        metrics = {"epoch": epoch + 1, "step": run.step, "lr": lr, "epoch_seconds": self.seconds / self.epochs,
+                   **_train_metrics(self.sums, run.world, self.seconds, run.device)}
+        if run.first_step_at and not self.first_step_reported:
+            metrics["first_step_at"], self.first_step_reported = run.first_step_at, True
+        if out_of_time:
+            metrics["stopped_at_budget"] = 1
+        self.sums, self.seconds, self.epochs = {}, 0.0, 0
+        return metrics
+
+
+# ---- the cadence of an epoch: train, evaluate, checkpoint, report -------------------------------------
+
+def train_epoch(run: _Run, opts: LoopOptions, epoch: int, window: _Window) -> tuple[str | None, bool]:
+    """One pass over the epoch's batches. Returns (why the loss or a gradient became non-finite, or
+    None; whether the time budget ran out). The ranks agree on both every `opts.check_every` steps
+    and at the end of the epoch, so they stop at the same step and nothing non-finite reaches an
+    evaluation or a checkpoint. With `check_every=1` (CPU runs) the check names the exact step and
+    its loss terms; larger values save the host sync per step that a GPU would otherwise wait on."""
+    cfg, model, device = run.cfg, run.model, run.device
+    started = time.perf_counter()
+    batches = training_data.epoch_batches(run.data, epoch, run.rank, run.world, cfg.optim.batch_size,
+                                          cfg.optim.labelled_batch_size, cfg.seed)
+    if opts.batches_hook is not None:
+        batches = opts.batches_hook(batches, epoch=epoch, rank=run.rank)
+    finite = torch.ones((), dtype=torch.bool, device=device)    # every step since the last check
+    checked_at, out_of_time = run.step, False
+    for i, batch in enumerate(batches):
+        batch = {k: _input(v, k, run.data.dynamic_binarize, run.generator).to(device) for k, v in batch.items()}
+        examples = len(batch.get("x_unlabelled", batch["x"]))   # an epoch is a pass over this stream
+        if run.spec.kl_weight:
+            batch["kl_weight"] = schedules.kl_weight(run.step, run.warmup_total)
+        loss, terms = model(**batch)          # forward = the loss, so DDP syncs gradients
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(model.parameters(), cfg.optim)
+        finite = finite & torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        if (i + 1) % opts.check_every == 0:
+            bad, out_of_time = _any_rank([not finite.item(), time.time() > opts.deadline], run.world, device)
+            if bad:
+                return _describe_nonfinite(epoch + 1, checked_at, run.step + 1, loss, grad_norm, terms), False
+            checked_at = run.step + 1
+        run.optimizer.step()
+        run.step += 1
+        run.first_step_at = run.first_step_at or time.time()
+        window.add({"loss_sum": loss.detach().double() * examples, "examples": examples, **terms}, device)
+        if out_of_time:
+            break                      # the budget is spent: a final evaluation and checkpoint follow
+    if checked_at < run.step:          # the steps since the last check, at the epoch's end
+        bad, late = _any_rank([not finite.item(), time.time() > opts.deadline], run.world, device)
+        if bad:
+            return _describe_nonfinite(epoch + 1, checked_at, run.step, loss, grad_norm, terms), False
+        out_of_time = out_of_time or late
+    window.seconds += time.perf_counter() - started
+    window.epochs += 1
+    return None, out_of_time
+
+
+def evaluate_and_select(run: _Run, metrics: dict[str, Any]) -> bool:
+    """Evaluate on the whole validation and test sets into `metrics`, track the best validation
+    epoch; returns whether early stopping (`optim.patience`) ends the run here."""
+    metrics.update(evaluate(run.model, run.data, run.cfg.optim.batch_size, run.device))
+    run.best = track_best(run.best, metrics, run.spec)
+    stop = False
+    if run.best:
+        metrics.update(run.best["metrics"])
+        stop = bool(run.cfg.optim.patience) and metrics["epoch"] - run.best["epoch"] >= run.cfg.optim.patience
+    if stop:
+        metrics["stopped_early"] = 1
+    return stop
+
+
+def save_checkpoint(run: _Run, metrics: dict[str, Any], opts: LoopOptions, figures: bool) -> Path:
+    """Rank 0's checkpoint of the epoch just evaluated (and, at the end, the model's figures)."""
+    out = _checkpoint_dir(opts.local_dir, metrics["epoch"] - 1)
+    saved = state.capture(run.model, run.optimizer, epoch=metrics["epoch"] - 1, global_step=run.step, generators={},
+                          extra={"config": to_dict(run.cfg), "data_info": to_dict(run.data.info),
+                                 "metrics": metrics, "warmup_steps": run.warmup_total, "best": run.best})
+    state.save(saved, out)
+    if figures:
+        write_figures(state.unwrap(run.model), run.data, out / "figures", run.device, metrics)
+    return out
+
+
+def _checkpoint_to_resume(checkpoint, opts: LoopOptions, stack: ExitStack) -> Path | None:
+    """The directory to resume from: Ray's checkpoint, or in local mode the newest one on disk."""
+    if checkpoint is not None:
+        return Path(stack.enter_context(checkpoint.as_directory()))
+    return _local_latest(Path(opts.local_dir)) if opts.local_dir else None
+
+
+def _report_again(directory: Path, saved: dict, opts: LoopOptions, rank: int) -> None:
+    """The run had finished when its driver died (a Tune driver killed after the last checkpoint,
+    before Tune recorded the trial as done): report its final result again, so the restarted driver
+    sees it, instead of reporting nothing."""
+    again = None
+    if rank == 0:
+        again = _checkpoint_dir(opts.local_dir, saved["epoch"])
+        shutil.copytree(directory, again, dirs_exist_ok=True)
+    _report(dict(saved["extra"].get("metrics") or {}), again, opts)
 
 
 # ---- pieces of the loop --------------------------------------------------------------------------
@@ -205,10 +311,11 @@ def _any_rank(flags: list[bool], world: int, device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def _describe_nonfinite(epoch: int, step: int, loss, grad_norm: float, terms: dict) -> str:
+def _describe_nonfinite(epoch: int, checked_at: int, step: int, loss, grad_norm, terms: dict) -> str:
     values = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
-    return (f"non-finite loss at epoch {epoch}, step {step}: loss={loss.item():.6g}, "
-            f"gradient norm={grad_norm:.6g} (this worker's batch: {values})")
+    where = f"step {step}" if step == checked_at + 1 else f"one of steps {checked_at + 1}-{step}"
+    return (f"non-finite loss at epoch {epoch}, {where}: loss={loss.item():.6g}, "
+            f"gradient norm={float(grad_norm):.6g} (this worker's batch: {values})")
 
 
 def _train_metrics(sums: dict[str, torch.Tensor], world: int, seconds: float, device) -> dict[str, float]:
@@ -224,11 +331,10 @@ def _train_metrics(sums: dict[str, torch.Tensor], world: int, seconds: float, de
     return out
 
 
-def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, config: dict[str, Any]) -> None:
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, opts: LoopOptions) -> None:
     """Every rank calls this the same number of times (`ray.train.report` is a barrier)."""
-    sink = config.get("sink")
-    if sink is not None:                                   # local mode: the driver is this process
-        sink(metrics, str(checkpoint_dir) if checkpoint_dir else None)
+    if opts.sink is not None:                              # local mode: the driver is this process
+        opts.sink(metrics, str(checkpoint_dir) if checkpoint_dir else None)
         ray.train.report(metrics)
         return
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
@@ -237,9 +343,10 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, config: dict[s
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def _checkpoint_dir(local_dir: Path | None, epoch: int) -> Path:
+def _checkpoint_dir(local_dir: str | None, epoch: int) -> Path:
     if local_dir is None:              # Ray copies it into the run's storage; see _report
         return Path(tempfile.mkdtemp(prefix="dgm-checkpoint-"))
+    local_dir = Path(local_dir)
     path = local_dir / f"checkpoint_epoch={epoch + 1:06d}"
     for old in sorted(local_dir.glob("checkpoint_epoch=*"))[:-1]:   # keep this one and the previous
         shutil.rmtree(old)
@@ -249,13 +356,3 @@ def _checkpoint_dir(local_dir: Path | None, epoch: int) -> Path:
 def _local_latest(local_dir: Path) -> Path | None:
     found = sorted(p for p in local_dir.glob("checkpoint_epoch=*") if (p / state.STATE_FILE).exists())
     return found[-1] if found else None
-
-
-def _maybe_kill(kill_at, epoch: int, step_in_epoch: int, rank: int) -> None:
-    """Fault drill: SIGKILL this worker once at (epoch, step, rank); `marker` records that it happened."""
-    if not kill_at:
-        return
-    (e, s, r), marker = kill_at["at"], Path(kill_at["marker"])
-    if (epoch + 1, step_in_epoch, rank) == (e, s, r) and not marker.exists():
-        marker.write_text(f"killed rank {rank} at epoch {epoch + 1}, step {step_in_epoch}\n")
-        os.kill(os.getpid(), signal.SIGKILL)

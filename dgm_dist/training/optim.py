@@ -46,10 +46,11 @@ def make_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
     return kind(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
-def clip_gradients(params, optim_cfg) -> float:
+def clip_gradients(params, optim_cfg) -> torch.Tensor:
     """Total-norm constraint and elementwise clipping in the configured order (ADGM code: norm then
     value; RNN-SPN code: value then norm). Returns the total gradient norm before any clipping,
-    which is non-finite when any gradient is."""
+    which is non-finite when any gradient is, as a tensor on the gradients' device (reading it is
+    left to the caller: on a GPU it is a host sync)."""
     params = [p for p in params if p.grad is not None]
     raw = torch.nn.utils.get_total_norm([p.grad for p in params])
     if optim_cfg.clip_order == "value_then_norm":
@@ -62,4 +63,4 @@ def clip_gradients(params, optim_cfg) -> float:
             torch.nn.utils.clip_grads_with_norm_(params, optim_cfg.clip_norm, raw)   # reuses the norm
         if optim_cfg.clip_value:
             torch.nn.utils.clip_grad_value_(params, optim_cfg.clip_value)
-    return raw.item()
+    return raw

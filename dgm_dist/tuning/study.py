@@ -34,7 +34,7 @@ from dgm_dist.errors import ConfigError, DgmError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, resolve_uri
 from dgm_dist.training import data as training_data
-from dgm_dist.training.launcher import RaySession, _explain, make_trainer, storage_path, validate
+from dgm_dist.training.launcher import RaySession, _explain, check_every, make_trainer, storage_path, validate
 from dgm_dist.tuning.space import Study, grid_points, to_tune_space
 
 DRIVER_RESOURCE = "dgm_trial_driver"
@@ -66,10 +66,12 @@ def run_trial(config: dict[str, Any], study: Study) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from dgm_dist.training.loop import LoopOptions
+
     trial_id = tune.get_context().get_trial_id()
     cfg = study.trial_config(config["params"])
-    trainer = make_trainer(cfg, f"trial-{trial_id}", study_dirs(study)[1],
-                           {"cfg": cfg, "raise_nonfinite": True}, callbacks=[TuneReportCallback()])
+    options = LoopOptions(cfg, raise_nonfinite=True, check_every=check_every(cfg))
+    trainer = make_trainer(cfg, f"trial-{trial_id}", study_dirs(study)[1], options, callbacks=[TuneReportCallback()])
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as e:
