@@ -312,7 +312,7 @@ def cmd_train(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     from dgm_dist.config import load_config
-    from dgm_dist.tracking import resolve_uri
+    from dgm_dist.tracking import log_evaluation, resolve_uri
     from dgm_dist.training.launcher import storage_path
     from dgm_dist.training.reevaluate import evaluate_run, find_checkpoint
 
@@ -323,29 +323,11 @@ def cmd_evaluate(args) -> dict:
     checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     result = evaluate_run(checkpoint, args.split, args.iw_samples, args.batch_size, out, args.examples)
-    _log_evaluation(uri, checkpoint, result)
+    log_evaluation(uri, checkpoint, result)
     if not args.json:
         for k, v in result["metrics"].items():
             print(f"{k:<28} {v}")
     return result
-
-
-def _log_evaluation(uri: str, checkpoint, result: dict) -> None:
-    """Add the figures to the MLflow run that produced the checkpoint, suffixed with k."""
-    from mlflow import MlflowClient
-
-    from dgm_dist.tracking import run_for_checkpoint
-
-    suffix = f"_k{result['metrics']['iw_samples']}" if "iw_samples" in result["metrics"] else "_offline"
-    if result["examples"] < result["split_size"]:           # a part of the split: never mistaken for all of it
-        suffix += f"_n{result['examples']}"
-    run_id = run_for_checkpoint(uri, checkpoint)
-    if run_id:
-        client = MlflowClient(uri)
-        for k, v in result["metrics"].items():
-            if k != "iw_samples" and isinstance(v, (int, float)):
-                client.log_metric(run_id, k + suffix, float(v))
-        result["mlflow_run_id"] = run_id
 
 
 def cmd_tune(args) -> dict:
@@ -400,66 +382,35 @@ def cmd_tune(args) -> dict:
     return summary
 
 
-def _export_source(args, cfg, uri: str) -> tuple[Path, dict]:
-    """The checkpoint to export and what is known of where it came from."""
-    from dgm_dist.tracking import run_for_checkpoint
-    from dgm_dist.training.launcher import storage_path
-    from dgm_dist.training.reevaluate import find_checkpoint
-
-    if bool(args.run) == bool(args.study):
-        raise DgmError("give either a RUN (checkpoint directory, run name or MLflow run id) or --study STUDY")
-    if args.study:
-        from mlflow import MlflowClient
-
-        from dgm_dist.tuning.report import find_study
-
-        parent = find_study(MlflowClient(uri), cfg.tracking.experiment, args.study)
-        tags = parent.data.tags
-        if not tags.get("dgm.best_checkpoint"):
-            raise DgmError(f"study {args.study} has no finished trial with a checkpoint to export")
-        checkpoint = find_checkpoint(tags["dgm.best_checkpoint"], storage_path(cfg))
-        return checkpoint, {"mlflow_run_id": tags.get("dgm.best_run_id"), "study": args.study,
-                            "trial": tags.get("dgm.best_trial")}
-    checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
-    return checkpoint, {"mlflow_run_id": run_for_checkpoint(uri, checkpoint)}
-
-
 def cmd_export(args) -> dict:
     from dgm_dist.config import load_config
     from dgm_dist.tracking import check_reachable, resolve_uri
+    from dgm_dist.training.reevaluate import trained_source
+
     if args.samples is not None and args.samples < 1:
         raise DgmError("--samples must be >= 1")
     cfg = load_config(overrides=args.overrides)
     uri = resolve_uri(cfg.tracking)
     if not args.no_register:
         check_reachable(uri)
-    checkpoint, source = _export_source(args, cfg, uri)
-    from export.exporter import ExportOptions, export_checkpoint
+    checkpoint, source = trained_source(args.run, args.study, cfg, uri)
+    from export.exporter import ExportOptions
     from export.graphs import GraphOptions
+    from export.publish import export_and_register
 
     graph = GraphOptions(aux=args.aux, samples=args.samples)       # None: the run's own settings
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
     out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir)
-    result = export_checkpoint(checkpoint, options, source, out)
-    example, card = result.pop("example"), result["card"]
+    result = export_and_register(checkpoint, options, source, out,
+                                 None if args.no_register else (uri, cfg.tracking.experiment), args.name,
+                                 f"export-{run_dir}")
+    card = result["card"]
     summary = {"checkpoint": str(checkpoint), "files": result["files"], "model": card["model"],
                "dataset": card["dataset"], "test_metrics": card["test_metrics"], "inference": card["inference"],
                "parity_max_abs_diff": card["parity"]["max_abs_diff"], "source": card["source"],
-               "seconds": result["seconds"], "registered": []}
-    if not args.no_register:
-        from export.registry import register
-
-        name = args.name or f"dgm-{card['model'].replace('_', '-')}-{card['dataset']}"
-        for path in map(Path, result["files"]):
-            int8 = ".int8." in path.name
-            card_path = path.with_name("model.int8.card.json" if int8 else "model_card.json")
-            reg = register(uri, cfg.tracking.experiment, path, json.loads(card_path.read_text()), example,
-                           name + ("-int8" if int8 else ""), f"export-{run_dir}", [card_path])
-            summary["registered"].append(reg)
-            out(f"registered {reg['registered_model']} version {reg['version']}: "
-                + ("alias champion (" + reg["champion_reason"] + ")" if reg["champion"] else reg["champion_reason"]))
+               "seconds": result["seconds"], "registered": result["registered"]}
     if not args.json:
         print(f"written: {', '.join(result['files'])}")
         print(f"check it: dgm-dist validate {result['files'][0]}")

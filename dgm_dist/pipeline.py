@@ -137,19 +137,16 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
 def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, options: dict, out) -> None:
     from dgm_dist.training.launcher import storage_path
     from dgm_dist.training.reevaluate import find_checkpoint
-    from export.exporter import ExportOptions, export_checkpoint
-    from export.registry import register
+    from export.exporter import ExportOptions
+    from export.publish import export_and_register
     from export.validator import format_report, validate_model
 
     checkpoint = find_checkpoint(fam.best["checkpoint"], storage_path(cfg))
     source = {"mlflow_run_id": fam.best["run_id"], "study": fam.study, "trial": fam.best["trial_id"]}
-    exported = export_checkpoint(checkpoint, ExportOptions(out_dir, **options), source, out)
-    card = exported["card"]
-    name = f"dgm-{card['model'].replace('_', '-')}-{card['dataset']}"
-    registered = register(uri, cfg.tracking.experiment, Path(exported["files"][0]), card, exported["example"],
-                          name, f"export-{fam.study}", [out_dir / "model_card.json"])
-    out(f"[{fam.family}] registered {name} version {registered['version']}"
-        + (" (champion)" if registered["champion"] else f": {registered['champion_reason']}"))
+    exported = export_and_register(checkpoint, ExportOptions(out_dir, **options), source,
+                                   lambda line: out(f"[{fam.family}] {line}"), (uri, cfg.tracking.experiment),
+                                   run_name=f"export-{fam.study}")
+    card, registered = exported["card"], exported["registered"][0]
     validation = validate_model(Path(exported["files"][0]), out=out)
     out("\n".join(f"[{fam.family}] {line}" for line in format_report(validation).splitlines()))
     fam.export = {"file": exported["files"][0], "card": card, "registered": registered}

@@ -284,3 +284,19 @@ def learning_curve(history: list[dict[str, float]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def log_evaluation(uri: str, checkpoint, result: dict) -> None:
+    """Add the figures to the MLflow run that produced the checkpoint, suffixed with k."""
+    from mlflow import MlflowClient
+
+    suffix = f"_k{result['metrics']['iw_samples']}" if "iw_samples" in result["metrics"] else "_offline"
+    if result["examples"] < result["split_size"]:           # a part of the split: never mistaken for all of it
+        suffix += f"_n{result['examples']}"
+    run_id = run_for_checkpoint(uri, checkpoint)
+    if run_id:
+        client = MlflowClient(uri)
+        for k, v in result["metrics"].items():
+            if k != "iw_samples" and isinstance(v, (int, float)):
+                client.log_metric(run_id, k + suffix, float(v))
+        result["mlflow_run_id"] = run_id

@@ -25,6 +25,7 @@ from dgm_dist.errors import ConfigError, DgmError, TrainingError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri
 from dgm_dist.training import data as training_data
+from dgm_dist.training.resources import shortfall
 
 
 @dataclass
@@ -65,17 +66,13 @@ def check_resources(scaling) -> None:
     checked once connected, in `_check_cluster`)."""
     if scaling.address or os.environ.get("RAY_ADDRESS"):
         return
-    if scaling.use_gpu:
-        import torch
-
-        gpus, need = torch.cuda.device_count(), scaling.workers * scaling.gpus_per_worker
-        if need > gpus:
-            raise ConfigError(f"scaling.workers={scaling.workers} with use_gpu needs {need:g} GPUs; "
-                              f"this machine has {gpus} (drop --gpus, use fewer workers, or --address a cluster)")
-    cpus = os.cpu_count() or 1
-    if scaling.workers * scaling.cpus_per_worker > cpus:
+    missing = shortfall(scaling.workers, scaling.cpus_per_worker, scaling.gpus_per_worker if scaling.use_gpu else 0)
+    if missing and missing[0] == "GPUs":
+        raise ConfigError(f"scaling.workers={scaling.workers} with use_gpu needs {missing[1]:g} GPUs; this machine "
+                          f"has {missing[2]} (drop --gpus, use fewer workers, or --address a cluster)")
+    if missing:
         raise ConfigError(f"scaling.workers={scaling.workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} "
-                          f"needs {scaling.workers * scaling.cpus_per_worker:g} CPUs; this machine has {cpus}")
+                          f"needs {missing[1]:g} CPUs; this machine has {missing[2]}")
 
 
 def _check_cluster(scaling, out) -> None:

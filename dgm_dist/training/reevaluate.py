@@ -46,6 +46,30 @@ def find_checkpoint(target: str, storage_path: str, tracking_uri: str | None = N
                     f"{storage_path}, or an MLflow run id of a finished run")
 
 
+def trained_source(run: str | None, study: str | None, cfg, uri: str) -> tuple[Path, dict]:
+    """The checkpoint a user names — a checkpoint directory, a run name, an MLflow run id (`run`) or a
+    study's best trial (`study`) — and what is known of where it came from (for export)."""
+    from dgm_dist.tracking import run_for_checkpoint
+    from dgm_dist.training.launcher import storage_path
+
+    if bool(run) == bool(study):
+        raise ConfigError("give either a RUN (checkpoint directory, run name or MLflow run id) or --study STUDY")
+    if study:
+        from mlflow import MlflowClient
+
+        from dgm_dist.tuning.report import find_study
+
+        parent = find_study(MlflowClient(uri), cfg.tracking.experiment, study)
+        tags = parent.data.tags
+        if not tags.get("dgm.best_checkpoint"):
+            raise DataError(f"study {study} has no finished trial with a checkpoint to export")
+        checkpoint = find_checkpoint(tags["dgm.best_checkpoint"], storage_path(cfg))
+        return checkpoint, {"mlflow_run_id": tags.get("dgm.best_run_id"), "study": study,
+                            "trial": tags.get("dgm.best_trial")}
+    checkpoint = find_checkpoint(run, storage_path(cfg), uri)
+    return checkpoint, {"mlflow_run_id": run_for_checkpoint(uri, checkpoint)}
+
+
 def _download(uri: str) -> Path:
     """A checkpoint in remote storage, copied to a local directory (Ray Train's storage layer, so
     any filesystem pyarrow reads: s3://, gs://, ...)."""

@@ -33,6 +33,7 @@ from typing import Any
 from dgm_dist.config import Config, apply, load_config, preset_or_model, read_yaml
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.registry import model_spec
+from dgm_dist.training.resources import shortfall
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")
@@ -285,19 +286,15 @@ def _resources(path, doc: dict, base: Config) -> dict[str, float]:
     if g > 1 and not float(g).is_integer():
         raise _fail(path, "resources.gpus_per_worker", f"{g}: a fraction of one GPU (<= 1) or a whole number")
     out["workers"] = int(out["workers"])
-    if not (base.scaling.address or os.environ.get("RAY_ADDRESS")):      # a cluster is checked once joined
-        cpus = os.cpu_count() or 1
-        need = out["workers"] * out["cpus_per_worker"]
-        if need > cpus:
-            raise _fail(path, "resources", f"a trial needs {out['workers']} x {out['cpus_per_worker']:g} = {need:g} "
-                        f"CPUs; this machine has {cpus} (lower workers or cpus_per_worker, or run on a cluster)")
-        if g > 0:
-            import torch
-
-            gpus = torch.cuda.device_count()
-            if out["workers"] * g > gpus:
-                raise _fail(path, "resources.gpus_per_worker", f"a trial needs {out['workers'] * g:g} GPUs; this "
-                            f"machine has {gpus} (set gpus_per_worker: 0 for CPU, or run on a cluster)")
+    missing = None if base.scaling.address or os.environ.get("RAY_ADDRESS") else \
+        shortfall(out["workers"], out["cpus_per_worker"], g)              # a cluster is checked once joined
+    if missing and missing[0] == "GPUs":
+        raise _fail(path, "resources.gpus_per_worker", f"a trial needs {missing[1]:g} GPUs; this machine has "
+                    f"{missing[2]} (set gpus_per_worker: 0 for CPU, or run on a cluster)")
+    if missing:
+        raise _fail(path, "resources", f"a trial needs {out['workers']} x {out['cpus_per_worker']:g} = "
+                    f"{missing[1]:g} CPUs; this machine has {missing[2]} (lower workers or cpus_per_worker, "
+                    "or run on a cluster)")
     return out
 
 
