@@ -84,7 +84,7 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
                  overrides: list[str] = (), export_options: dict[str, Any] | None = None,
                  out=print) -> PipelineResult:
     """Run the studies one after another, then export, validate and register their best classifiers."""
-    from dgm_dist.tracking import RunTracker, check_reachable, resolve_uri
+    from dgm_dist.tracking import RunTracker, check_reachable, resolve_uri, tracked_run
     from dgm_dist.tuning.space import load_study
     from dgm_dist.tuning.study import run_study
 
@@ -104,8 +104,7 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
     result = PipelineResult(name, preset, tracker.run_id, uri, root / "pipelines" / name / "report.md")
     what = DESCRIPTIONS[preset] if not files else "with study files of your own"
     out(f"{name}: {', '.join(paths)} ({what}); MLflow run {tracker.run_id}")
-    status = "FAILED"
-    try:
+    with tracked_run(tracker, "interrupted (SIGINT or SIGTERM)") as outcome:
         for family, study in studies.items():
             study = dataclasses.replace(study, name=f"{study.name}-{stamp}")   # never collides with an earlier run
             fam = FamilyResult(family, study.name, metric=study.metric)
@@ -128,9 +127,7 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
         _write_report(result, root)
         tracker.log_artifact(result.report.parent, "report")
         tracker.client.log_batch(tracker.run_id, metrics=_summary_metrics(result))
-        status = "FINISHED" if result.passed else "FAILED"
-    finally:
-        tracker.end(status)
+        outcome.status = "FINISHED" if result.passed else "FAILED"
     return result
 
 

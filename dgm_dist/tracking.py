@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgm_dist.errors import ConfigError, TrackingError
+from dgm_dist.errors import ConfigError, DgmError, TrackingError
 
 SERVER_HINT = ("start one with `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 "
                "--port 5000`, fix MLFLOW_TRACKING_URI, or unset it to log to a local sqlite file")
@@ -300,3 +305,49 @@ def log_evaluation(uri: str, checkpoint, result: dict) -> None:
             if k != "iw_samples" and isinstance(v, (int, float)):
                 client.log_metric(run_id, k + suffix, float(v))
         result["mlflow_run_id"] = run_id
+
+
+@dataclass
+class Outcome:
+    status: str = "FAILED"             # the body sets "FINISHED" when it completed
+
+
+@contextmanager
+def tracked_run(tracker: RunTracker, stopped: str, sigterm: str = "raise",
+                before_end: Callable[[], None] | None = None) -> Iterator[Outcome]:
+    """The lifecycle every tracked driver shares (a training run, a study, a pipeline): SIGTERM
+    unwinds like Ctrl-C (`sigterm="raise"`; `"sigint"` re-sends it as SIGINT for Tune, whose own
+    handler saves the study's state), an interrupt or a user error is recorded on the run as a tag
+    (`dgm.stopped` = `stopped`, `dgm.error`), and the run always ends: FINISHED when the body set
+    `outcome.status`, FAILED otherwise."""
+    outcome = Outcome()
+    restore = _sigterm_as_interrupt(sigterm)
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        tracker.set_tags({"dgm.stopped": stopped})
+        raise
+    except DgmError as e:
+        tracker.set_tags({"dgm.error": str(e)[:5000]})
+        raise
+    finally:
+        restore()
+        if before_end is not None:
+            before_end()
+        tracker.end(outcome.status)
+
+
+def _sigterm_as_interrupt(mode: str) -> Callable[[], None]:
+    """Install the SIGTERM handler; returns the function that restores the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def interrupt(signum, frame):
+        if mode == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)

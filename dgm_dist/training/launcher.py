@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,7 +21,7 @@ from dgm_dist.config import Config, flatten
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError, TrainingError
 from dgm_dist.models.registry import build_model, model_spec
-from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri
+from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri, tracked_run
 from dgm_dist.training import data as training_data
 from dgm_dist.training.resources import shortfall
 
@@ -125,26 +123,17 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
 
     tracker.say = out                      # an MLflow outage is reported as it happens
     monitor = RunMonitor(cfg.optim.epochs, started, log=tracker.log_epoch, out=out)
-    status = "FAILED"
-    restore = _sigterm_as_interrupt()
+    said = len(tracker.notices)
     try:
-        result = _fit(cfg, run_name, storage, monitor, verbose, out, batches_hook)
-        if monitor.nonfinite:
-            raise TrainingError(f"{monitor.nonfinite}. The run stopped; its last good checkpoint is "
-                                f"{monitor.latest_checkpoint or '(none yet)'}")
-        _log_artifacts(tracker, monitor)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        tracker.set_tags({"dgm.stopped": "interrupted (SIGINT or SIGTERM)"})
-        raise
-    except DgmError as e:
-        tracker.set_tags({"dgm.error": str(e)[:5000]})
-        raise
+        with tracked_run(tracker, "interrupted (SIGINT or SIGTERM)") as outcome:
+            result = _fit(cfg, run_name, storage, monitor, verbose, out, batches_hook)
+            if monitor.nonfinite:
+                raise TrainingError(f"{monitor.nonfinite}. The run stopped; its last good checkpoint is "
+                                    f"{monitor.latest_checkpoint or '(none yet)'}")
+            _log_artifacts(tracker, monitor)
+            outcome.status = "FINISHED"
     finally:
-        restore()
-        said = len(tracker.notices)
-        tracker.end(status)
-        for notice in tracker.notices[said:]:
+        for notice in tracker.notices[said:]:      # e.g. where an MLflow outage left the run
             if out:
                 out(notice)
     return TrainResult(run_name=run_name, metrics=result, checkpoint=monitor.latest_checkpoint, tracking_uri=uri,
@@ -152,20 +141,6 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
                        seconds=time.time() - started, startup_seconds=monitor.startup_seconds,
                        replayed_epochs=monitor.replayed, tracking_notices=list(tracker.notices),
                        mlflow_fallback_run_id=tracker.fallback_run_id)
-
-
-def _sigterm_as_interrupt():
-    """SIGTERM (a job stopped by a scheduler, `kill`) unwinds like Ctrl-C, so the MLflow run is
-    ended and the local Ray shut down. Returns the function that restores the old handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, batches_hook) -> dict[str, Any]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from dgm_dist.config import flatten
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError
 from dgm_dist.models.registry import build_model, model_spec
-from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, resolve_uri
+from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, resolve_uri, tracked_run
 from dgm_dist.training import data as training_data
 from dgm_dist.training.launcher import RaySession, _explain, check_every, make_trainer, storage_path, validate
 from dgm_dist.tuning.space import Study, grid_points, to_tune_space
@@ -122,9 +120,9 @@ def run_study(study: Study, resume: bool = False, verbose: bool = False, out=pri
             f"time, {study.scheduler['type']} on {study.metric} ({study.mode}); MLflow parent run "
             f"{parent.run_id}{again} at {uri}")
     tracking = TrialTracking(study, uri, parent.run_id, experiment_dir, json_mode=out is not print)
-    status, interrupted = "FAILED", False
-    restore_signals = _sigterm_as_sigint()
-    try:
+    interrupted = False
+    with tracked_run(parent, "interrupted (SIGINT or SIGTERM); resume with --resume", sigterm="sigint",
+                     before_end=tracking.close_open_runs) as outcome:
         with RaySession(base.scaling, verbose, resources={DRIVER_RESOURCE: 1000}, dashboard=True):
             grid = _tuner(study, tracking, resume, experiment_dir).fit()
         trials = collect_trials(uri, parent.run_id)
@@ -144,17 +142,7 @@ def run_study(study: Study, resume: bool = False, verbose: bool = False, out=pri
             from dgm_dist.tuning.report import write_report
 
             write_report(study.name, uri, base.tracking.experiment, Path(base.tracking.root) / "studies", log=True)
-            status = "FINISHED"
-    except KeyboardInterrupt:
-        parent.set_tags({"dgm.stopped": "interrupted (SIGINT or SIGTERM); resume with --resume"})
-        raise
-    except DgmError as e:
-        parent.set_tags({"dgm.error": str(e)[:5000]})
-        raise
-    finally:
-        restore_signals()
-        tracking.close_open_runs()
-        parent.end(status)
+            outcome.status = "FINISHED"
     return StudyResult(study.name, parent.run_id, uri, trials, best, interrupted, time.time() - started)
 
 
@@ -191,13 +179,6 @@ def _metrics(values: dict[str, float]):
     return [Metric(k, float(v), now, 0) for k, v in sorted(values.items())]
 
 
-def _sigterm_as_sigint():
-    """SIGTERM (a scheduler stopping the job) takes Tune's Ctrl-C path, which saves the study's state."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class TrialTracking(Callback):
