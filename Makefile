@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OUT ?= outputs
 
-.PHONY: setup fashion-mnist run test lint clean
+.PHONY: setup fashion-mnist run test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ run: setup fashion-mnist
 
 test: setup fashion-mnist lint
 	$(PY) -m pytest -q
+
+# The tests that start no Ray, Tune, export or benchmark (the `slow` marker): a quick check while working.
+test-fast: setup fashion-mnist lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

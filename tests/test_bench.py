@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from formats import write_mnist_dir
 
+pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 NUMBER = r"[\d,]+(?:\.\d+)?"
 

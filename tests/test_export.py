@@ -21,6 +21,8 @@ from export.graphs import GraphOptions, build_graph, run_graph
 from export.onnx_file import read_metadata
 from export.registry import fluent_uri
 
+pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+
 SEQUENCE = {"n_train": 100, "n_valid": 30, "n_test": 70, "valid_digits": 100, "clutter_pool": 500}
 TINY = {
     "mlp": ["--set", "model.hidden=32", "--set", "optim.lr=3e-3", "--set", "data.binarize=none"],

@@ -18,6 +18,8 @@ from formats import write_mnist_dir
 from dgm_dist.config import load_config
 from dgm_dist.training.launcher import train
 
+pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+
 
 def _port() -> int:
     with socket.socket() as s:

@@ -12,6 +12,8 @@ from formats import write_mnist_dir
 
 from dgm_dist.cli import main
 
+pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+
 TINY_SEQUENCES = {"data.cluttered.n_train": 100, "data.cluttered.n_valid": 30, "data.cluttered.n_test": 70,
                   "data.cluttered.valid_digits": 100, "data.cluttered.clutter_pool": 500}
 

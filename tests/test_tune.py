@@ -14,6 +14,8 @@ from formats import write_mnist_dir
 
 from dgm_dist.cli import main
 
+pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
