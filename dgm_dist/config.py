@@ -8,6 +8,7 @@ an invalid value raises `ConfigError` naming the field, the value and what is al
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -163,7 +164,10 @@ def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
         cfg.name = preset if cfg.name == "run" else cfg.name
     if yaml_path is not None:
         cfg = apply(cfg, read_yaml(yaml_path), origin=str(yaml_path))
-    return apply(cfg, parse_overrides(overrides), origin="--set")
+    cfg = apply(cfg, parse_overrides(overrides), origin="--set")
+    if cfg.data.data_dir:              # Ray workers start in another directory: no relative paths
+        cfg.data.data_dir = str(Path(cfg.data.data_dir).expanduser().resolve())
+    return cfg
 
 
 def preset_or_model(target: str) -> tuple[str | None, list[str]]:
@@ -186,6 +190,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML file in UTF-8 is expected)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a YAML file") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -245,8 +253,11 @@ def coerce(value: Any, hint: Any, path: str, origin: str) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise bad("a list, e.g. 500,500")
-        return tuple(coerce(v.strip() if isinstance(v, str) else v, args[0], path, origin)
-                     for v in items if not (isinstance(v, str) and not v.strip()))
+        out = tuple(coerce(v.strip() if isinstance(v, str) else v, args[0], path, origin)
+                    for v in items if not (isinstance(v, str) and not v.strip()))
+        if args[0] is int and any(v < 1 for v in out):      # layer widths and sizes: a 0-wide layer trains nothing
+            raise bad("sizes >= 1, e.g. 500,500")
+        return out
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -267,9 +278,12 @@ def coerce(value: Any, hint: Any, path: str, origin: str) -> Any:
         if isinstance(value, bool):
             raise bad("a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad("a number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
     if hint is str:
         if isinstance(value, bool):
             raise bad("a string (YAML reads unquoted off/on/yes/no as true/false: quote it, e.g. 'off')")

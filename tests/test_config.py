@@ -34,6 +34,10 @@ def test_layers_preset_then_yaml_then_set(tmp_path):
     ("optim.learning_rate=1", r"unknown key 'optim.learning_rate'; allowed: optimizer, lr"),
     ("lr", "expected KEY=VALUE"),
     ("data.cluttered.digits=two", r"data.cluttered.digits='two'"),
+    ("optim.lr=nan", r"optim.lr='nan' is not valid: expected a finite number"),
+    ("model.alpha=inf", r"model.alpha='inf' is not valid: expected a finite number"),
+    ("model.hidden=0", r"model.hidden='0' is not valid: expected sizes >= 1"),
+    ("model.channels=8,0,8", r"model.channels='8,0,8' is not valid: expected sizes >= 1"),
 ])
 def test_invalid_overrides_name_field_value_and_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -56,6 +60,16 @@ def test_yaml_errors_name_the_file(tmp_path):
         C.load_config(yaml_path=nested)
     with pytest.raises(ConfigError, match="not found"):
         C.load_config(yaml_path=tmp_path / "missing.yaml")
+    binary = tmp_path / "random.yaml"
+    binary.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(ConfigError, match=f"{binary}: not a text file"):
+        C.load_config(yaml_path=binary)
+    with pytest.raises(ConfigError, match="is a directory"):
+        C.load_config(yaml_path=tmp_path)
+    nan = tmp_path / "nan.yaml"
+    nan.write_text("optim: {lr: .nan}\n")
+    with pytest.raises(ConfigError, match=r"optim.lr=nan is not valid: expected a finite number"):
+        C.load_config(yaml_path=nan)
 
 
 def test_presets_are_checked_when_registered():
@@ -64,3 +78,9 @@ def test_presets_are_checked_when_registered():
     assert "broken" not in C.PRESETS
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         C.load_config("nope")
+
+
+def test_a_relative_data_dir_becomes_absolute_for_the_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load_config(overrides=["data.data_dir=data/mnist"])
+    assert cfg.data.data_dir == str(tmp_path / "data" / "mnist")

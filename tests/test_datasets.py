@@ -50,6 +50,25 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path):
     assert cache_file.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("tamper", ["drop a key", "change a shape"])
+def test_a_readable_cache_file_with_other_arrays_is_rebuilt(tmp_path, tamper):
+    """A valid .npz whose arrays are not the ones written (a key missing, a shape changed) is rebuilt,
+    not handed to training as a KeyError or a shape mismatch."""
+    d = write_mnist_dir(tmp_path / "m")
+    load_dataset("mnist", d)
+    (cache_file,) = (tmp_path / "cache" / "decoded").glob("*.npz")
+    with np.load(cache_file) as f:
+        arrays = {k: f[k] for k in f.files}
+    if tamper == "drop a key":
+        del arrays["test_y"]
+    else:
+        arrays["train_x"] = arrays["train_x"][:, :14]
+    np.savez(cache_file, **arrays)
+    with pytest.warns(UserWarning, match="not the ones written"):
+        ds = load_dataset("mnist", d)
+    assert ds.split("train")[0].shape == (200, 28, 28) and len(ds.split("test")[1]) == 50
+
+
 def test_unwritable_cache_dir_is_one_clear_error(tmp_path, monkeypatch):
     blocker = tmp_path / "file-not-dir"
     blocker.write_text("x")

@@ -76,6 +76,8 @@ def test_distributions_become_tune_domains(tmp_path):
     ({"base": "nope"}, "unknown model or preset 'nope'"),
     ({"report": {"lines": "model.dropout"}}, "'model.dropout' is not a searched parameter"),
     ({"study": "a b"}, "use letters, digits"),
+    ({"study": ".."}, "use letters, digits"),
+    ({"parameters": {"optim.lr": {"grid": [float("nan")]}}}, "expected a finite number"),
     ({"parameters": {"model.name": {"grid": ["mlp", "lvae"]}}}, "disagree on the direction; set mode"),
 ])
 def test_malformed_studies_fail_with_the_file_and_key(tmp_path, change, message):

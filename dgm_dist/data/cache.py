@@ -63,21 +63,36 @@ def file_fingerprint(paths: list[Path]) -> list[tuple[str, int, int]]:
     return out
 
 
+MANIFEST = "__manifest__"      # every array's name, shape and dtype, written with them
+
+
+def _manifest(arrays: dict[str, np.ndarray]) -> str:
+    return json.dumps({k: [list(v.shape), v.dtype.str] for k, v in sorted(arrays.items())})
+
+
 def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays in a cached `.npz`, or None when it is missing or unreadable."""
+    """The arrays in a cached `.npz`, or None when it is missing, unreadable, or not what was
+    written (an array missing, or of another shape or type than its manifest says): it is rebuilt."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         warnings.warn(f"ignoring unreadable cache file {path} ({e}); it will be rebuilt", stacklevel=2)
         return None
+    written = arrays.pop(MANIFEST, None)
+    if written is None or str(written) != _manifest(arrays):
+        why = "written by an earlier dgm-dist" if written is None else "its arrays are not the ones written"
+        warnings.warn(f"ignoring cache file {path}: {why}; it will be rebuilt", stacklevel=2)
+        return None
+    return arrays
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
-    """Write arrays to `path` atomically."""
+    """Write arrays to `path` atomically, with their manifest."""
     ensure_writable_dir(path.parent)
+    arrays = {**arrays, MANIFEST: np.array(_manifest(arrays))}
     try:
         atomic_write(path, lambda f: (np.savez_compressed if compress else np.savez)(f, **arrays))
     except OSError as e:

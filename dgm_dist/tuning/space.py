@@ -161,7 +161,7 @@ def load_study(path: str | Path, samples: int | None = None, concurrent: int | N
         if required not in doc:
             raise _fail(path, required, "missing; a study needs a base preset and its parameters")
     name = str(doc.get("study") or path.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or set(name) == {"."}:
         raise _fail(path, "study", f"{name!r}: use letters, digits, '-', '_' and '.' (it names directories)")
     fixed = [f"{k}={_as_override(v)}" for k, v in _mapping(doc.get("set"), path, "set").items()] + list(overrides)
     try:
