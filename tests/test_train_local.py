@@ -158,6 +158,9 @@ def test_unreachable_tracking_server_is_reported_before_training(capsys, root, d
     (["--set", "model.name=cnn"], "classifies digit sequences"),
     (["--set", "model.name=rnn_spn"], "model.name=rnn_spn classifies digit sequences"),
     (["--set", "optim.patience=-1"], "optim.patience=-1 is out of range"),
+    (["--set", "model.hidden=1000000,1000000"], "parameters: its weights, gradients and adam state need"),
+    (["--set", "model.hidden=0"], "model.hidden='0' is not valid: expected sizes >= 1"),
+    (["--set", "optim.lr=nan"], "expected a finite number"),
 ])
 def test_invalid_config_fails_before_ray_starts(capsys, root, data_dir, extra, message):
     code, _, err = _train(capsys, root, data_dir, "--epochs", "1", *extra)

@@ -20,10 +20,10 @@ from typing import Any
 from dgm_dist.config import Config, flatten
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError, TrainingError
-from dgm_dist.models.registry import build_model, model_spec
+from dgm_dist.models.registry import model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri, tracked_run
 from dgm_dist.training import data as training_data
-from dgm_dist.training.resources import shortfall
+from dgm_dist.training.resources import check_model_memory, shortfall
 
 
 @dataclass
@@ -106,7 +106,9 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
     spec = model_spec(cfg.model.name)
     dataset = load_from_config(cfg.data)                       # finds, checks and caches the data once
     data = training_data.prepare(dataset, cfg.data, spec.streams)
-    build_model(cfg.model, data.info)                          # a model/data mismatch fails here
+    # a model/data mismatch, or a model too big for this machine, fails here, before anything is allocated
+    check_model_memory(cfg, data.info, 0 if cfg.scaling.address or os.environ.get("RAY_ADDRESS") else
+                       max(1, cfg.scaling.workers))
     del data, dataset
     run_name = run_name or default_run_name(cfg)
     storage = storage_path(cfg)

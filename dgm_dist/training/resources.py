@@ -19,3 +19,35 @@ def shortfall(workers: int, cpus_per_worker: float, gpus_per_worker: float = 0.0
     if workers * cpus_per_worker > cpus:
         return "CPUs", workers * cpus_per_worker, cpus
     return None
+
+
+# float32 tensors per parameter: the weights and their gradients, plus the optimizer's state
+# (Adam: two moments; RMSprop: one running average; plain SGD: none)
+_STATE = {"adam": 2, "rmsprop": 1, "rmsprop_lasagne": 1, "sgd": 0}
+
+
+def check_model_memory(cfg, info, workers_here: int) -> int:
+    """Refuse, before anything is allocated, a model whose weights, gradients and optimizer state
+    would not fit in this machine's available memory, times the workers it hosts (0: they run on a
+    cluster's nodes, not checked here). The model is built on PyTorch's meta device, which records
+    shapes only. Returns the parameter count.
+    Activations are not counted: this catches sizes that cannot work, not every run that will not."""
+    import psutil
+    import torch
+
+    from dgm_dist.errors import ConfigError
+    from dgm_dist.models.registry import build_model
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg.model, info).parameters())
+    if workers_here == 0:              # the workers run on a cluster's nodes, not here
+        return params
+    need = params * 4 * (2 + _STATE.get(cfg.optim.optimizer, 2)) * max(1, workers_here)
+    have = psutil.virtual_memory().available
+    if need > have:
+        each = f" on each of {workers_here} workers" if workers_here > 1 else ""
+        raise ConfigError(f"model '{cfg.model.name}' has {params:,} parameters: its weights, gradients and "
+                          f"{cfg.optim.optimizer} state need {need / 2**30:,.1f} GiB{each}, and this machine has "
+                          f"{have / 2**30:.1f} GiB available; make model.hidden, model.latent or model.channels "
+                          "smaller")
+    return params

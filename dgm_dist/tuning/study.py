@@ -29,10 +29,11 @@ from ray.tune import Callback
 from dgm_dist.config import flatten
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError
-from dgm_dist.models.registry import build_model, model_spec
+from dgm_dist.models.registry import model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, resolve_uri, tracked_run
 from dgm_dist.training import data as training_data
 from dgm_dist.training.launcher import RaySession, _explain, check_every, make_trainer, storage_path, validate
+from dgm_dist.training.resources import check_model_memory
 from dgm_dist.tuning.space import Study, grid_points, to_tune_space
 
 DRIVER_RESOURCE = "dgm_trial_driver"
@@ -87,7 +88,9 @@ def check_trials(study: Study) -> None:
         if key not in infos:
             infos[key] = training_data.prepare(load_from_config(cfg.data), cfg.data,
                                                model_spec(cfg.model.name).streams).info
-        build_model(cfg.model, infos[key])
+        # the model against its data and this machine's memory (a cluster's nodes are not checked)
+        check_model_memory(cfg, infos[key], 0 if cfg.scaling.address or os.environ.get("RAY_ADDRESS") else
+                           cfg.scaling.workers)
 
 
 def run_study(study: Study, resume: bool = False, verbose: bool = False, out=print) -> StudyResult:
