@@ -144,7 +144,7 @@ def _card(loaded: Loaded, graph, options: ExportOptions, source: dict[str, Any],
     cfg, spec = loaded.cfg, model_spec(loaded.cfg.model.name)
     shape = list(loaded.test[0].shape[1:])
     classes = len(loaded.classes)
-    model = graph.model
+    model = loaded.model
     log_probs_shape = ["batch", classes] if spec.labels == "single" else ["batch", model.digits, classes]
     outputs = [{"name": "log_probs", "dtype": "float32", "shape": log_probs_shape,
                 "meaning": "log-probability of each class" + ("" if spec.labels == "single" else ", per position")}]
@@ -157,7 +157,7 @@ def _card(loaded: Loaded, graph, options: ExportOptions, source: dict[str, Any],
         "format": FORMAT, "model": cfg.model.name, "description": spec.description,
         "task": spec.labels, "dataset": cfg.data.dataset, "classes": loaded.classes,
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *shape]},
-        "outputs": outputs, "preprocessing": PREPROCESSING, "inference": options.graph.describe(model),
+        "outputs": outputs, "preprocessing": PREPROCESSING, "inference": graph.inference.description,
         "graph_options": asdict(options.graph), "quantization": "none", "opset": options.opset,
         "metric": spec.main_metric, "test_examples": len(loaded.test[0]), "test_set_sha1": _fingerprint(loaded.test),
         "source": {"checkpoint": str(checkpoint), "epoch": loaded.epoch, **source},

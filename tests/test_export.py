@@ -155,6 +155,51 @@ def _adgm(**changes):
     return model
 
 
+class _ToyClassifier(torch.nn.Module):
+    """A classifier the framework has never seen, written against models/interface.py only."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 16), torch.nn.Tanh(),
+                                       torch.nn.Linear(16, 10))
+
+    def classify(self, x):
+        return torch.log_softmax(self.net(x), -1)
+
+    def forward(self, x, y):
+        nll = torch.nn.functional.nll_loss(self.classify(x), y, reduction="none")
+        return nll.mean(), {"nll_sum": nll.detach().double().sum()}
+
+    def eval_sums(self, x, y):
+        return self.forward(x, y)[1]
+
+    def inference(self, options):
+        from dgm_dist.models.interface import Classify
+
+        return Classify(self)
+
+
+def test_a_new_classifier_exports_through_its_interface_alone(tmp_path):
+    """Export knows no model class: a classifier that implements the interface exports to ONNX and
+    ONNX Runtime computes what PyTorch does, with no change to export/."""
+    import onnxruntime as ort
+
+    from dgm_dist.models.interface import Classifier
+    from export.onnx_file import export_graph
+
+    torch.manual_seed(0)
+    model = _ToyClassifier().eval()
+    assert isinstance(model, Classifier)
+    graph = build_graph(model)
+    pixels = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    path = export_graph(graph, pixels, tmp_path / "toy.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"pixels": pixels.numpy()})
+    np.testing.assert_allclose(got, run_graph(graph, pixels)[0].numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="not a classifier"):
+        build_graph(torch.nn.Linear(2, 2))
+
+
 def test_the_dgm_graph_fixes_the_draws_of_a_and_computes_the_papers_estimate():
     model = _adgm()
     pixels = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)

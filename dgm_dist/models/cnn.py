@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgm_dist.models.interface import Classify, InferenceOptions
+
 
 def conv_stack(in_channels: int, channels: tuple[int, ...], dropout: float) -> nn.Sequential:
     """Valid 3x3 convolutions with ReLU; a 2x2 max-pool (and dropout) after every one but the last
@@ -116,6 +118,11 @@ class SequenceClassifier(nn.Module):
 
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.loss(x, y)[1]
+
+    def inference(self, options: InferenceOptions) -> nn.Module:
+        """The exported graph: log-probabilities per position (models/interface.py); the spatial
+        transformers also return their thetas."""
+        return Classify(self)
 
 
 def as_channels(x: torch.Tensor) -> torch.Tensor:

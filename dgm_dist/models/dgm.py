@@ -37,6 +37,7 @@ from torch import nn
 
 from dgm_dist.data.pixels import to_unit
 from dgm_dist.models.distributions import kl_normal_standard, log_bernoulli, log_normal, sample_normal
+from dgm_dist.models.interface import InferenceOptions
 from dgm_dist.models.layers import MLP, GaussianHead
 
 VOTE_EVERY = 10        # eval_sums: the class vote of every 10th image (1 % of an evaluation's time)
@@ -106,6 +107,10 @@ class SemiSupervisedDGM(nn.Module):
         mu, logvar = self.aux_posterior(x)
         a = sample_normal(mu, logvar)
         return a, log_normal(a, mu, logvar)
+
+    def inference(self, options: InferenceOptions) -> nn.Module:
+        """The exported graph (models/interface.py): `Inference` below."""
+        return Inference(self, options)
 
     # ---- objectives -----------------------------------------------------------------------------
     def labelled_and_unlabelled(self, x, y, x_u, beta: float):
@@ -215,6 +220,37 @@ class SemiSupervisedDGM(nn.Module):
         pairs = [img for pair in zip(x.reshape(-1, *shape).cpu().numpy(), recon, strict=True) for img in pair]
         return {"samples_by_class": (samples, [names[i // per][:9] for i in range(c * per)]),
                 "reconstructions": (pairs, ["x", "recon"] * len(recon))}
+
+
+class Inference(nn.Module):
+    """The exported graph of M2/ADGM/SDGM: log q(y|x). The paper predicts with q(y|a,x) averaged over
+    S draws of a ~ q(a|x); a random node in ONNX would answer differently on every call, so the S
+    standard-normal draws are fixed here (drawn from `options.seed`) and shared by every example of a
+    batch: PyTorch run with the same draws computes the same function (docs/export.md).
+    `aux="mean"` puts a at the mean of q(a|x) (one pass); M2 has no a."""
+
+    outputs = ("log_probs",)
+
+    def __init__(self, model: SemiSupervisedDGM, options: InferenceOptions):
+        super().__init__()
+        self.model = model
+        self.aux = options.aux if model.has_aux else "none"
+        draws = torch.randn(options.samples, 1, model.aux, generator=torch.Generator().manual_seed(options.seed)) \
+            if self.aux == "sample" else torch.zeros(0)
+        self.register_buffer("noise", draws)                            # (S, 1, A): shared by the batch
+        self.description = {"none": "q(y|x), deterministic", "mean": "q(y|a,x) at a = mean of q(a|x)"}.get(
+            self.aux, f"q(y|a,x) averaged over {options.samples} fixed draws of a ~ q(a|x) (seed {options.seed})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, x = self.model, x.flatten(1)
+        if self.aux == "none":
+            return F.log_softmax(m.class_logits(x, None), dim=-1)
+        mu, logvar = m.aux_posterior(x)
+        if self.aux == "mean":
+            return F.log_softmax(m.class_logits(x, mu), dim=-1)
+        a = mu + torch.exp(0.5 * logvar) * self.noise                   # (S, B, A)
+        # x enters unexpanded: the factored first layer computes its term once, not S times
+        return torch.log(F.softmax(m.class_logits(x[None], a), dim=-1).mean(0))
 
 
 def _call(net: MLP, **inputs):

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgm_dist.models.interface import Classify, InferenceOptions
+
 
 class MLPClassifier(nn.Module):
     """Dense ReLU layers, optional batch norm before each nonlinearity and dropout after it."""
@@ -42,3 +44,7 @@ class MLPClassifier(nn.Module):
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Sums over the batch for full-set evaluation (`training.evaluation.evaluate_sums`)."""
         return self.loss(x, y)[1]
+
+    def inference(self, options: InferenceOptions) -> nn.Module:
+        """The exported graph: log-probabilities (models/interface.py)."""
+        return Classify(self)

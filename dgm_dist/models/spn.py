@@ -32,6 +32,7 @@ from dgm_dist.models.cnn import (
     conv_stack,
     glorot_init,
 )
+from dgm_dist.models.interface import InferenceOptions
 
 
 def identity_affine(features: int) -> nn.Linear:
@@ -85,6 +86,22 @@ def localisation_features(image_size: int, channels: tuple[int, ...], dropout: f
     return net, channels[-1] * side * side
 
 
+class Attend(nn.Module):
+    """The exported graph of a spatial transformer: log-probabilities (B, positions, classes) and
+    theta (B, steps, 2, 3), the affine map of every glimpse, so an app can draw the attention boxes."""
+
+    outputs = ("log_probs", "theta")
+    description = "deterministic"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs, theta, _ = self.model.attend(x)
+        return log_probs, theta
+
+
 class CNNSPN(SequenceClassifier):
     """The FFN-SPN of the original code: localisation convs -> dense -> theta; one glimpse; the
     classifier with one softmax head per digit position."""
@@ -111,6 +128,9 @@ class CNNSPN(SequenceClassifier):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)[0]
+
+    def inference(self, options: InferenceOptions) -> nn.Module:
+        return Attend(self)
 
 
 class RNNSPN(SequenceClassifier):
@@ -157,3 +177,6 @@ class RNNSPN(SequenceClassifier):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)[0]
+
+    def inference(self, options: InferenceOptions) -> nn.Module:
+        return Attend(self)
