@@ -233,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(line: str) -> None:
+    """The one sink for progress lines. Under --json, `main` sends stdout to stderr while a command
+    runs, so that stdout carries only the JSON; either way a line is shown at once."""
+    print(line, flush=True)
+
+
 def _presets_help() -> str:
     import dgm_dist.presets  # noqa: F401
     from dgm_dist.config import PRESETS
@@ -274,24 +280,8 @@ def cmd_train(args) -> dict:
         import os
 
         os.environ["DGM_DOWNLOAD"] = "0"
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
-        (lambda line: print(line, flush=True))
-    result = train(cfg, run_name=args.run_name, verbose=args.verbose, out=out)
-    m = result.metrics
-    rates = [h["throughput"] for h in result.history if "throughput" in h]
-    summary = {"run_name": result.run_name, "model": cfg.model.name, "dataset": cfg.data.dataset,
-               "labels": cfg.data.labels, "workers": cfg.scaling.workers,
-               "test_error": m.get("test_error", m.get("test_per_digit_error")), "epochs": m.get("epoch"),
-               "steps": m.get("step"), "examples_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
-               "stopped_at_budget": bool(m.get("stopped_at_budget")), "stopped_early": bool(m.get("stopped_early")),
-               "best_epoch": m.get("best_epoch"), "mlflow_run_id": result.mlflow_run_id,
-               **({"iw_samples": cfg.model.iw_samples} if cfg.model.name in ("vae", "lvae") else {}),
-               "metrics": {k: v for k, v in result.metrics.items() if k != "first_step_at"},
-               "checkpoint": result.checkpoint, "mlflow": {"tracking_uri": result.tracking_uri,
-                                                          "run_id": result.mlflow_run_id},
-               "tracking_notices": result.tracking_notices, "mlflow_fallback_run_id": result.mlflow_fallback_run_id,
-               "seconds": round(result.seconds, 1),
-               "startup_seconds": None if result.startup_seconds is None else round(result.startup_seconds, 1)}
+    result = train(cfg, run_name=args.run_name, verbose=args.verbose, out=say)
+    m, summary = result.metrics, result.summary(cfg)
     if not args.json:
         shown = {k: v for k, v in m.items() if k.startswith(("valid_", "test_"))}
         print(f"done in {result.seconds:.0f} s: " +
@@ -321,7 +311,7 @@ def cmd_evaluate(args) -> dict:
     cfg = load_config(overrides=args.overrides)
     uri = resolve_uri(cfg.tracking)
     checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    out = say
     result = evaluate_run(checkpoint, args.split, args.iw_samples, args.batch_size, out, args.examples)
     log_evaluation(uri, checkpoint, result)
     if not args.json:
@@ -360,7 +350,7 @@ def cmd_tune(args) -> dict:
 
         os.environ["RAY_ADDRESS"] = args.address
     study = load_study(args.target, samples=args.samples, concurrent=args.concurrent, overrides=args.overrides)
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    out = say
     result = run_study(study, resume=args.resume, verbose=args.verbose, out=out)
     summary = {"study": result.name, "parent_run_id": result.parent_run_id, "tracking_uri": result.tracking_uri,
                "interrupted": result.interrupted, "seconds": round(result.seconds, 1), "best": result.best,
@@ -401,7 +391,7 @@ def cmd_export(args) -> dict:
     graph = GraphOptions(aux=args.aux, samples=args.samples)       # None: the run's own settings
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
     out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    out = say
     options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir)
     result = export_and_register(checkpoint, options, source, out,
                                  None if args.no_register else (uri, cfg.tracking.experiment), args.name,
@@ -422,7 +412,7 @@ def cmd_validate(args) -> dict:
 
     if args.threads is not None and args.threads < 1 or args.int8_max_drop < 0:
         raise DgmError("--threads must be >= 1 and --int8-max-drop >= 0")
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    out = say
     result = validate_model(Path(args.model), args.data_dir, args.dataset, args.checkpoint, args.provider,
                             args.threads, args.int8_max_drop, not args.no_latency, out)
     if not args.json:
@@ -444,7 +434,7 @@ def cmd_pipeline(args) -> dict:
             raise DgmError(f"--study-file {item!r}: write FAMILY=FILE, e.g. ssl=tune_spaces/quick_ssl.yaml")
         files[family] = path
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    out = say
     result = run_pipeline(args.preset, models, files, args.overrides, out=out)
     rows = summary_rows(result)
     if not args.json:

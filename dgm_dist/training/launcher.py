@@ -41,6 +41,24 @@ class TrainResult:
     tracking_notices: list[str] = field(default_factory=list)   # MLflow outages and where metrics went
     mlflow_fallback_run_id: str | None = None                   # a run in the local store, if the server stayed away
 
+    def summary(self, cfg: Config) -> dict[str, Any]:
+        """What `dgm-dist train --json` prints: the run, its main figures, where it is tracked."""
+        m = self.metrics
+        rates = [h["throughput"] for h in self.history if "throughput" in h]
+        return {"run_name": self.run_name, "model": cfg.model.name, "dataset": cfg.data.dataset,
+                "labels": cfg.data.labels, "workers": cfg.scaling.workers,
+                "test_error": m.get("test_error", m.get("test_per_digit_error")), "epochs": m.get("epoch"),
+                "steps": m.get("step"), "examples_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
+                "stopped_at_budget": bool(m.get("stopped_at_budget")), "stopped_early": bool(m.get("stopped_early")),
+                "best_epoch": m.get("best_epoch"), "mlflow_run_id": self.mlflow_run_id,
+                **({"iw_samples": cfg.model.iw_samples} if cfg.model.name in ("vae", "lvae") else {}),
+                "metrics": {k: v for k, v in m.items() if k != "first_step_at"},
+                "checkpoint": self.checkpoint,
+                "mlflow": {"tracking_uri": self.tracking_uri, "run_id": self.mlflow_run_id},
+                "tracking_notices": self.tracking_notices, "mlflow_fallback_run_id": self.mlflow_fallback_run_id,
+                "seconds": round(self.seconds, 1),
+                "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 1)}
+
 
 def storage_path(cfg: Config) -> str:
     # DGM_STORAGE_PATH: a cluster's shared storage (cluster.yaml sets it on every node)
