@@ -22,6 +22,9 @@ EXAMPLES = {
                     "  dgm-dist data prepare mnist --data-dir ~/datasets/mnist",
     "data inspect": "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png\n"
                     "  dgm-dist data inspect fashion-mnist --split train --count 64 --out grid.png",
+    "config show": "  dgm-dist config show sdgm-mnist100-cpu\n"
+                   "  dgm-dist config show rnn-spn-seq3 --set model.downsample=4 > my.yaml   # then --config my.yaml",
+    "config list": "  dgm-dist config list",
     "train": "  dgm-dist train mlp-fashion --workers 2 --epochs 3\n"
              "  dgm-dist train mlp --dataset fashion-mnist --workers 0 --epochs 1   # in-process, quick\n"
              "  dgm-dist train rnn-spn-seq3-cpu --max-minutes 8 --json\n"
@@ -117,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_data_inspect)
 
+    cfg_cmd = commands.add_parser("config", help="show what a preset or model will run; list the presets",
+                                  formatter_class=_formatter, description="The resolved configs of presets and "
+                                  "models, as YAML that --config reads back.",
+                                  epilog="examples:\n" + EXAMPLES["config show"] + "\n" + EXAMPLES["config list"])
+    cfg_cmds = cfg_cmd.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = cfg_cmds.add_parser("show", help="the resolved config of a preset or model, as YAML",
+                            formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["config show"],
+                            description="Print the whole config that `dgm-dist train MODEL_OR_PRESET` with the "
+                                        "same --config and --set would run, as YAML that --config accepts.")
+    p.add_argument("target", metavar="MODEL_OR_PRESET", help="a preset or a model (dgm-dist config list)")
+    p.add_argument("--config", metavar="YAML", help="a YAML file of overrides (applied after the preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set optim.lr=1e-3")
+    p.set_defaults(func=cmd_config_show)
+    p = cfg_cmds.add_parser("list", help="the presets and models, one line each", formatter_class=_formatter,
+                            epilog="examples:\n" + EXAMPLES["config list"],
+                            description="The named presets (each paper preset with its 2-core `-cpu` variant "
+                                        "on the same line) and the bare models.")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_config_list)
+
     p = commands.add_parser("train", help="train a model with Ray Train, tracked in MLflow", formatter_class=_formatter,
                             epilog=lambda: _presets_help() + "\n\nexamples:\n" + EXAMPLES["train"],
                             description="Train a model (a preset name such as mlp-fashion, or a bare model name "
@@ -134,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
     p.add_argument("--run-name", metavar="NAME", help="name of the run; an existing name resumes it")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML (as `dgm-dist config show`) and exit")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -272,10 +298,43 @@ def _train_config(args):
     return load_config(preset, args.config, overrides)
 
 
+def cmd_config_show(args) -> dict:
+    from dgm_dist.config import load_config, preset_or_model, to_dict, to_yaml
+
+    preset, overrides = preset_or_model(args.target)
+    cfg = load_config(preset, args.config, overrides + list(args.overrides))
+    print(to_yaml(cfg), end="")
+    return to_dict(cfg)
+
+
+def cmd_config_list(args) -> dict:
+    import dgm_dist.presets  # noqa: F401
+    from dgm_dist.config import PRESETS
+    from dgm_dist.models.registry import MODELS
+
+    rows = [(name, p.description, f"{name}-cpu" in PRESETS) for name, p in sorted(PRESETS.items())
+            if not (name.endswith("-cpu") and name[:-4] in PRESETS)]
+    if not args.json:
+        width = max(len(n) + (6 if cpu else 0) for n, _, cpu in rows)
+        print("presets (a paper preset and its 2-core variant, `-cpu`, on one line):")
+        for name, description, cpu in rows:
+            print(f"  {name + (' [-cpu]' if cpu else ''):<{width}}  {description}")
+        print("models (their defaults; `dgm-dist config show MODEL`):")
+        for name, spec in MODELS.items():
+            print(f"  {name:<{width}}  {spec.description}")
+    return {"presets": {n: p.description for n, p in sorted(PRESETS.items())},
+            "models": {n: s.description for n, s in MODELS.items()}}
+
+
 def cmd_train(args) -> dict:
     from dgm_dist.training.launcher import train
 
     cfg = _train_config(args)
+    if args.print_config:
+        from dgm_dist.config import to_dict, to_yaml
+
+        print(to_yaml(cfg), end="")
+        return to_dict(cfg)
     if args.no_download:
         import os
 

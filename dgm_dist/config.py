@@ -8,6 +8,7 @@ an invalid value raises `ConfigError` naming the field, the value and what is al
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -178,6 +179,10 @@ def preset_or_model(target: str) -> tuple[str | None, list[str]]:
         return target, []
     if target in MODEL_NAMES:
         return None, [f"model.name={target}", f"name={target}"]
+    close = difflib.get_close_matches(target, [*PRESETS, *MODEL_NAMES], n=3, cutoff=0.5)
+    if close:
+        raise ConfigError(f"unknown model or preset '{target}'; did you mean {' or '.join(close)}? "
+                          "(dgm-dist config list shows them all)")
     raise ConfigError(f"unknown model or preset '{target}'; presets: {', '.join(sorted(PRESETS))}; "
                       f"models: {', '.join(MODEL_NAMES)}")
 
@@ -310,6 +315,15 @@ def check(f: dataclasses.Field, value: Any, path: str, origin: str) -> None:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The whole config as YAML that `--config` reads back to the same config (tuples as lists)."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False, default_flow_style=None, width=100)
 
 
 def flatten(cfg: Any) -> dict[str, Any]:

@@ -84,3 +84,33 @@ def test_a_relative_data_dir_becomes_absolute_for_the_workers(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     cfg = C.load_config(overrides=["data.data_dir=data/mnist"])
     assert cfg.data.data_dir == str(tmp_path / "data" / "mnist")
+
+
+@pytest.mark.parametrize("name", ["sdgm-mnist100-cpu", "lvae-bn-wu-norb-5l", "rnn-spn-seq3", "mlp"])
+def test_the_yaml_of_a_config_reads_back_to_the_same_config(tmp_path, name):
+    preset, overrides = C.preset_or_model(name)
+    cfg = C.load_config(preset, overrides=[*overrides, "model.hidden=64,32", "data.cluttered.n_train=123"])
+    path = tmp_path / "config.yaml"
+    path.write_text(C.to_yaml(cfg))
+    assert C.load_config(yaml_path=path) == cfg
+
+
+def test_an_unknown_preset_suggests_the_closest_names():
+    with pytest.raises(ConfigError, match="did you mean sdgm-mnist100-cpu"):
+        C.preset_or_model("sdgm-mnist100-cp")
+
+
+def test_config_show_and_list_and_train_print_config(capsys, tmp_path):
+    from dgm_dist.cli import main
+
+    assert main(["config", "show", "adgm-mnist100-cpu", "--set", "optim.lr=1e-3"]) == 0
+    shown = capsys.readouterr().out
+    (tmp_path / "shown.yaml").write_text(shown)
+    cfg = C.load_config(yaml_path=tmp_path / "shown.yaml")
+    assert cfg.optim.lr == 1e-3 and cfg == C.load_config("adgm-mnist100-cpu", overrides=["optim.lr=1e-3"])
+    assert main(["train", "adgm-mnist100-cpu", "--set", "optim.lr=1e-3", "--print-config"]) == 0
+    assert capsys.readouterr().out == shown                      # the same YAML, and nothing was run
+    assert main(["config", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "  sdgm-mnist100 [-cpu]  " in listing and "\n  sdgm-mnist100-cpu " not in listing
+    assert "\n  rnn_spn " in listing

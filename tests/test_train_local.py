@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -16,7 +17,7 @@ import torch
 from formats import write_mnist_dir
 
 from dgm_dist.cli import main
-from dgm_dist.config import Config, apply
+from dgm_dist.config import Config, apply, load_config
 from dgm_dist.data import load_from_config
 from dgm_dist.models.mlp import MLPClassifier
 from dgm_dist.models.registry import DataInfo, build_model
@@ -63,7 +64,10 @@ def test_local_run_is_tracked_and_evaluated_on_the_full_sets(capsys, root, data_
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_error")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for d in ("figures", "checkpoint") for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"learning_curve.png", "figures/test_predictions.png", "checkpoint/state.pt"} <= artifacts
+    assert {"learning_curve.png", "figures/test_predictions.png", "checkpoint/state.pt", "config.yaml"} <= artifacts
+    # the run's whole config beside its checkpoints, as YAML that --config reads back
+    saved_cfg = load_config(yaml_path=Path(summary["checkpoint"]).parent / "config.yaml")
+    assert (saved_cfg.model.hidden, saved_cfg.optim.batch_size, saved_cfg.data.dataset) == ((32,), 50, "mnist")
 
     # the reported test figures are those of the whole test set, recomputed here in one process
     saved = state.load(summary["checkpoint"])

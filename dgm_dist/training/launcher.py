@@ -17,9 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dgm_dist.config import Config, flatten
+from dgm_dist.config import Config, flatten, to_yaml
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError, TrainingError
+from dgm_dist.fileio import atomic_write
 from dgm_dist.models.registry import model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri, tracked_run
 from dgm_dist.training import data as training_data
@@ -142,6 +143,7 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
     from dgm_dist.training.progress import RunMonitor
 
     tracker.say = out                      # an MLflow outage is reported as it happens
+    _save_config(cfg, storage, run_name, tracker)
     monitor = RunMonitor(cfg.optim.epochs, started, log=tracker.log_epoch, out=out)
     said = len(tracker.notices)
     try:
@@ -326,6 +328,18 @@ def _explain(error: Exception) -> Exception:
     first = next(iter(failures.values()), error)
     return TrainingError(f"training failed on worker rank(s) {ranks} after the allowed restarts "
                          f"(scaling.max_failures): {str(first).strip().splitlines()[-1] if str(first) else first!r}")
+
+
+def _save_config(cfg: Config, storage: str, run_name: str, tracker: RunTracker) -> None:
+    """The run's whole config as `config.yaml`, beside its checkpoints (local storage) and in MLflow:
+    `dgm-dist train MODEL --config config.yaml` runs it again (`dgm-dist config show` prints the same)."""
+    text = to_yaml(cfg)
+    if "://" not in storage:
+        (Path(storage) / run_name).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(storage) / run_name / "config.yaml", lambda f: f.write(text.encode()))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(text)
+        tracker.log_artifact(Path(tmp) / "config.yaml")
 
 
 def _log_artifacts(tracker: RunTracker, monitor) -> None:
