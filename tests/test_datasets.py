@@ -226,6 +226,15 @@ def test_omniglot_orientation_and_range(tmp_path):
     assert y.tolist() == list(range(7))
 
 
+def test_nan_pixels_are_one_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    train, test = rng.random((7, 28, 28)), rng.random((3, 28, 28))
+    train[3, 5, 5] = np.nan
+    write_chardata(tmp_path / "chardata.mat", train, test)
+    with pytest.raises(DataError, match=r"train images\): 1 pixels are NaN or infinite"):
+        load_dataset("omniglot", tmp_path)
+
+
 def test_omniglot_wrong_shape(tmp_path):
     import scipy.io
     scipy.io.savemat(str(tmp_path / "chardata.mat"), {"data": np.zeros((100, 5)), "target": np.zeros((50, 5)),

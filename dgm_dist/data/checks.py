@@ -9,7 +9,10 @@ from dgm_dist.errors import DataError
 
 def check_images_labels(images: np.ndarray, labels: np.ndarray, num_classes: int,
                         images_name: str, labels_name: str) -> None:
-    """Same number of images and labels; every label in [0, num_classes)."""
+    """Same number of images and labels; every label in [0, num_classes); float pixels finite."""
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        raise DataError(f"{images_name}: {int((~np.isfinite(images)).sum())} pixels are NaN or infinite; "
+                        "the file is damaged or was not written as images")
     if len(images) != len(labels):
         raise DataError(f"{images_name} has {len(images)} images but {labels_name} has {len(labels)} "
                         "labels; the two files do not belong together")
