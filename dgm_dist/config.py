@@ -38,7 +38,8 @@ class DataConfig:
     dataset: str = choice("fashion-mnist", *DATASETS)
     data_dir: str | None = None
     labels: int = bounded(0, 0)                # labelled training examples, balanced over classes (0: all)
-    validation: int = bounded(10_000, 0)       # held out of the training set (0: none, as the original)
+    validation: int | None = bounded(None, 0)  # held out of training (0: none, as the original; None: the smaller
+                                               # of 10 000 and a sixth of the training set, data/splits.py)
     binarize: str = choice("dynamic", "none", "dynamic", "static")
     eval_binarize: bool = False                # with dynamic: validation/test binarized once (the LVAE code)
     seed: int = 0                              # label split and validation hold-out

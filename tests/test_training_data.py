@@ -88,3 +88,24 @@ def test_clip_orders_differ_as_the_original_codes():
     assert raw == pytest.approx(np.hypot(10, 0.5)) and torch.allclose(g, torch.tensor([0.1, 0.0499376]), atol=1e-6)
     raw, g = grads("value_then_norm")                 # [0.1, 0.1], norm 0.141 < 1: unchanged
     assert torch.allclose(g, torch.tensor([0.1, 0.1]))
+
+
+def test_the_default_hold_outs_fit_a_small_real_format_dataset(tmp_path):
+    """A training set of 3 000 digits with every default: validation and the cluttered validation
+    digits take a sixth (500) instead of failing on 10 000; 60 000 digits still give 10 000."""
+    from formats import write_mnist_dir
+
+    from dgm_dist.data import load_from_config
+
+    data_dir = write_mnist_dir(tmp_path / "mnist", n_train=3000, n_test=40)
+    cfg = load_config(overrides=["data.dataset=mnist", f"data.data_dir={data_dir}"])
+    assert cfg.data.validation is None
+    data = D.prepare(load_from_config(cfg.data, download=False), cfg.data, "supervised")
+    assert len(data.eval_sets["valid"][0]) == 500 and len(data.train_x) == 2500
+    cfg = load_config(overrides=["data.dataset=cluttered-mnist", f"data.data_dir={data_dir}",
+                                 "data.cluttered.n_train=20", "data.cluttered.n_valid=5", "data.cluttered.n_test=5",
+                                 "data.cluttered.clutter_pool=100"])
+    assert load_from_config(cfg.data, download=False).options["valid_digits"] == 500
+    from dgm_dist.data.holdout import default_holdout
+
+    assert default_holdout(60_000) == 10_000

@@ -4,6 +4,7 @@ options, so a second load reads one file."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from dgm_dist.data import cluttered, norb, omniglot, svhn
 from dgm_dist.data.cache import cache_root, digest, file_fingerprint, load_arrays, save_arrays
 from dgm_dist.data.checks import check_images_labels, check_shape
+from dgm_dist.data.holdout import default_holdout
 from dgm_dist.data.idx import read_idx
 from dgm_dist.data.sources import Source, resolve
 from dgm_dist.errors import ConfigError, DataError
@@ -181,6 +183,8 @@ def _load_cluttered(name: str, data_dir, download, **options) -> Dataset:
     digits = load_dataset(base, data_dir, download)
     tx, ty = digits.split("train")
     sx, sy = digits.split("test")
+    if params.valid_digits is None:       # resolved before it keys the cache: 10 000 for MNIST's 60 000
+        params = dataclasses.replace(params, valid_digits=default_holdout(len(tx)))
     params.validate(len(tx))
     arrays = _cached("cluttered", (name, params.as_dict(), tx, ty, sx, sy),
                      lambda: cluttered.generate(tx, ty, sx, sy, params), compress=True)

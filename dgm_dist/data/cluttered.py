@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dgm_dist.data.holdout import default_holdout
 from dgm_dist.errors import ConfigError
 
 DIGIT = 28
@@ -35,7 +36,8 @@ class ClutterParams:
     n_train: int = 60_000
     n_valid: int = 10_000
     n_test: int = 10_000
-    valid_digits: int = 10_000  # the last training digits, kept for validation sequences
+    valid_digits: int | None = None  # the last training digits, kept for validation sequences (None: the
+                                     # smaller of 10 000 and a sixth of the training digits)
     seed: int = 1234
 
     def validate(self, n_source_train: int) -> None:
@@ -51,7 +53,7 @@ class ClutterParams:
                 raise ConfigError(f"cluttered.{name}={getattr(self, name)}: must be >= 0")
         if self.clutter > 0 and self.clutter_pool < 1:
             raise ConfigError(f"cluttered.clutter_pool={self.clutter_pool}: must be >= 1 when clutter > 0")
-        if not 0 < self.valid_digits < n_source_train:
+        if self.valid_digits is not None and not 0 < self.valid_digits < n_source_train:
             raise ConfigError(f"cluttered.valid_digits={self.valid_digits}: must be in 1..{n_source_train - 1} "
                               f"(the source has {n_source_train} training digits)")
 
@@ -112,7 +114,7 @@ def generate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
              p: ClutterParams) -> dict[str, np.ndarray]:
     """Train/valid/test cluttered sequences from a 28x28 digit source (uint8 images)."""
     p.validate(len(train_x))
-    cut = len(train_x) - p.valid_digits
+    cut = len(train_x) - (default_holdout(len(train_x)) if p.valid_digits is None else p.valid_digits)
     crops = crop_pool(train_x, p, np.random.default_rng([p.seed, 0])) if p.clutter > 0 else None
     out: dict[str, np.ndarray] = {}
     sources = {"train": (train_x[:cut], train_y[:cut], p.n_train),

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from dgm_dist.data.catalog import Dataset
+from dgm_dist.data.holdout import default_holdout
 from dgm_dist.data.pixels import to_unit
 from dgm_dist.data.splits import semi_supervised_split, static_binarize
 from dgm_dist.errors import ConfigError
@@ -59,7 +60,8 @@ def prepare(ds: Dataset, data_cfg, streams: str) -> TrainingData:
             labelled = semi_supervised_split(y, data_cfg.labels, 0, info.num_classes, data_cfg.seed).labelled
     elif info.sequence_length is None:
         n_labels = 0 if streams == "unsupervised" else data_cfg.labels
-        split = semi_supervised_split(y, n_labels, data_cfg.validation, info.num_classes, data_cfg.seed)
+        n_valid = default_holdout(len(y)) if data_cfg.validation is None else data_cfg.validation
+        split = semi_supervised_split(y, n_labels, n_valid, info.num_classes, data_cfg.seed)
         valid = (x[split.valid], y[split.valid])
         keep = split.unlabelled
         labelled = split.labelled if data_cfg.labels and streams != "unsupervised" else keep
