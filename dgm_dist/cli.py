@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "with its label (a cluttered sequence's labels left to right).")
     p.add_argument("dataset", nargs="?", help="dataset name (default: data.dataset of the config)")
     p.add_argument("--out", default="outputs/inspect.png", metavar="PNG", help="where to write the grid")
-    p.add_argument("--split", default="test", help="train, valid or test (default: test)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="the split (default: test)")
     p.add_argument("--count", type=int, default=16, help="number of examples (default: 16)")
     p.add_argument("--columns", type=int, default=4, help="grid columns (default: 4)")
     _add_config_args(p)
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "logged to the run's MLflow run when there is one.")
     p.add_argument("run", metavar="RUN", help="checkpoint directory, run name, or MLflow run id")
     p.add_argument("--iw-samples", type=int, metavar="K", help="importance samples (VAE models)")
-    p.add_argument("--split", default="test", help="test or valid (default: test)")
+    p.add_argument("--split", default="test", choices=("test", "valid"), help="the split (default: test)")
     p.add_argument("--batch-size", type=int, default=100, metavar="B", help="examples per batch (default 100)")
     p.add_argument("--examples", type=int, metavar="N",
                    help="only the first N examples of the split (default: all); logged as <metric>_k<K>_n<N>")
@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", choices=["sample", "mean"],
                    help="M2/ADGM/SDGM: average q(y|a,x) over fixed draws of a (sample) or use the mean of "
                         "q(a|x) (default: the run's model.predict)")
-    p.add_argument("--samples", type=int, metavar="S", help="draws of a for --aux sample (default: eval_samples)")
+    p.add_argument("--aux-samples", dest="aux_samples", type=int, metavar="S",
+                   help="M2/ADGM/SDGM: draws of a fixed in the graph for --aux sample (default: the run's "
+                        "model.eval_samples)")
     p.add_argument("--name", metavar="NAME", help="registered model name (default: dgm-<model>-<dataset>)")
     p.add_argument("--no-register", action="store_true", help="write the files only; nothing to MLflow")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files")
@@ -436,8 +438,10 @@ def cmd_export(args) -> dict:
     from dgm_dist.tracking import check_reachable, resolve_uri
     from dgm_dist.training.reevaluate import trained_source
 
-    if args.samples is not None and args.samples < 1:
-        raise DgmError("--samples must be >= 1")
+    if bool(args.run) == bool(args.study):       # before anything is created (a store, runs/)
+        raise DgmError("give either a RUN (checkpoint directory, run name or MLflow run id) or --study STUDY")
+    if args.aux_samples is not None and args.aux_samples < 1:
+        raise DgmError("--aux-samples must be >= 1")
     cfg = load_config(overrides=args.overrides)
     uri = resolve_uri(cfg.tracking)
     if not args.no_register:
@@ -447,7 +451,7 @@ def cmd_export(args) -> dict:
     from export.graphs import GraphOptions
     from export.publish import export_and_register
 
-    graph = GraphOptions(aux=args.aux, samples=args.samples)       # None: the run's own settings
+    graph = GraphOptions(aux=args.aux, samples=args.aux_samples)   # None: the run's own settings
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
     out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
     out = say

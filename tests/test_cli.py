@@ -86,3 +86,19 @@ def test_grid_handles_every_image_layout():
     gray = to_display(np.full((2, 28, 28), 0.5, np.float32))                          # OMNIGLOT floats
     assert gray.dtype == np.uint8 and gray.max() == 128
     assert image_grid(np.zeros((5, 32, 32, 3), np.uint8), ["a"] * 5, columns=2).mode == "RGB"
+
+
+def test_a_refused_export_writes_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export"]) == 2
+    assert "either a RUN" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []                      # no runs/, no MLflow store
+
+
+def test_split_and_aux_samples_are_checked_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", "fashion-mnist", "--split", "tset"])
+    assert "invalid choice: 'tset'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "RUN", "--samples", "5"])             # renamed: --aux-samples
+    assert "unrecognized arguments: --samples" in capsys.readouterr().err
