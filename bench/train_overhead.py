@@ -1,6 +1,6 @@
 """What Ray Train costs: a plain PyTorch loop vs the same model through the TorchTrainer.
 
-    python bench/train_overhead.py [--quick] [--gpu]
+    python bench/train_overhead.py [--quick] [--gpu] [--preset adgm-mnist100]
 
 One run prints, side by side:
   * training examples/s of a plain single-process loop (the engine's own batches, model, optimizer
@@ -9,7 +9,10 @@ One run prints, side by side:
   * seconds from the call to the first training step (validation, data, MLflow, Ray start-up,
     worker group).
 Throughput is the median over epochs after the first; evaluation is excluded from both sides.
-Model: the MLP 784-500-500-10 on Fashion-MNIST (Debian's dataset-fashion-mnist), batch 100.
+Model: the MLP 784-500-500-10 on Fashion-MNIST (Debian's dataset-fashion-mnist), batch 100; or
+`--preset` (e.g. `adgm-mnist100`: the ADGM at the paper's size, 5 MC samples, on Fashion-MNIST with
+100 labels: a compute-heavy step, where DDP should pay even on 2 cores). For the semi-supervised
+models the examples are the unlabelled ones (an epoch is a pass over them).
 With --gpu the plain loop and the workers use one GPU each (NCCL); 2 workers need 2 GPUs.
 """
 
@@ -35,16 +38,21 @@ def plain_loop(cfg, epochs: int, device: str) -> float:
     torch.manual_seed(0)
     model = build_model(cfg.model, data.info).to(device)
     opt = make_optimizer(cfg.optim, model.parameters())
+    spec = model_spec(cfg.model.name)
     rates = []
     for epoch in range(epochs):
         n, t = 0, time.perf_counter()
-        for batch in D.epoch_batches(data, epoch, 0, 1, cfg.optim.batch_size, 100, cfg.seed):
-            loss, _ = model(x=to_unit(batch["x"]).to(device), y=batch["y"].to(device))
+        for batch in D.epoch_batches(data, epoch, 0, 1, cfg.optim.batch_size, cfg.optim.labelled_batch_size,
+                                     cfg.seed):
+            inputs = {k: (v if k == "y" else to_unit(v)).to(device) for k, v in batch.items()}
+            if spec.kl_weight:
+                inputs["kl_weight"] = 1.0
+            loss, _ = model(**inputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(model.parameters(), cfg.optim)
             opt.step()
-            n += len(batch["x"])
+            n += len(batch.get("x_unlabelled", batch["x"]))
         if device == "cuda":
             torch.cuda.synchronize()
         rates.append(n / (time.perf_counter() - t))
@@ -55,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 epochs on 20 000 examples instead of 4 on 50 000")
     ap.add_argument("--gpu", action="store_true", help="one GPU per worker and for the plain loop")
+    ap.add_argument("--preset", default="mlp-fashion", help="the model and recipe (default: mlp-fashion)")
     args = ap.parse_args()
     epochs = 3 if args.quick else 4
     device = "cuda" if args.gpu else "cpu"
@@ -71,11 +80,15 @@ def main() -> None:
         from dgm_dist.config import load_config
         from dgm_dist.training.launcher import train
 
+        ssl = load_config(args.preset).data.labels > 0
+        data = ["data.dataset=fashion-mnist", "data.labels=100"] if ssl else []
+        if args.quick:
+            data += ["data.validation=40000"] + (["model.hidden=64,64", "model.mc_samples=1"] if ssl else [])
+
         def cfg(workers):
-            return load_config("mlp-fashion", overrides=[
+            return load_config(args.preset, overrides=[
                 f"scaling.workers={workers}", f"scaling.use_gpu={str(args.gpu).lower()}", f"optim.epochs={epochs}",
-                f"scaling.checkpoint_every={epochs}",
-                f"tracking.root={root}", *(["data.validation=40000"] if args.quick else [])])
+                f"scaling.checkpoint_every={epochs}", "scaling.cpus_per_worker=1", f"tracking.root={root}", *data])
 
         plain = plain_loop(cfg(1), epochs, device)
         one = train(cfg(1), out=None)
@@ -86,6 +99,7 @@ def main() -> None:
 
     r1 = rate(one)
     kind = "1 GPU" if args.gpu else "1 thread"
+    print(f"{args.preset}: {'unlabelled ' if load_config(args.preset).data.labels else ''}examples/s")
     print(f"{'setting':<38} {'examples/s':>11}")
     print(f"{'plain PyTorch loop, ' + kind:<38} {plain:>11,.0f}")
     print(f"{'TorchTrainer, 1 worker':<38} {r1:>11,.0f}")

@@ -87,10 +87,13 @@ def test_profile_step_names_the_costliest_operators():
     assert re.search(r"aten::(mm|addmm)", out.split("adgm train step")[1])     # dense layers dominate
 
 
-def test_train_overhead_measures_one_and_two_workers():
-    out = run("train_overhead.py", "--quick")
+@pytest.mark.parametrize("preset", ["mlp-fashion", "adgm-mnist100"])
+def test_train_overhead_measures_one_and_two_workers(preset):
+    out = run("train_overhead.py", "--quick", "--preset", preset)
     assert re.search(rf"1 worker / plain loop:\s+{NUMBER}", out), out
     assert re.search(rf"2 workers / 1 worker:\s+{NUMBER}", out), out
+    kind = "unlabelled examples/s" if preset.startswith("adgm") else "examples/s"
+    assert re.search(rf"^{preset}: {kind}$", out, re.M), out
 
 
 def test_tune_asha_runs_the_same_trials_with_and_without_early_stopping():
