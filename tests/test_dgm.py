@@ -326,3 +326,21 @@ def test_the_initialisation_is_the_original_codes_or_pytorchs():
     assert default.q_a_head.mu.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 500), rel=0.1)
     with pytest.raises(ValueError, match="init"):
         _model(SDGM, init="xavier")
+
+
+def test_a_confident_classifier_keeps_finite_log_probabilities():
+    """q(y|x) averaged over draws of a in log space: with logits 1 000 apart the softmax of the other
+    classes underflows to 0, which made log q(y|x) -inf and the test NLL infinite (a 60-minute SDGM
+    reported valid_nll = inf)."""
+    import math
+
+    torch.manual_seed(0)
+    model = ADGM(784, 10, hidden=(16,), latent=4, aux=4, eval_samples=7).eval()
+    with torch.no_grad():
+        model.q_y_head.weight.mul_(1e4)
+    x = torch.rand(5, 784)
+    logp = model.classify(x)
+    assert torch.isfinite(logp).all() and (logp.min() < -100)
+    torch.testing.assert_close(logp.logsumexp(-1), torch.zeros(5), atol=1e-5, rtol=0)
+    nll = model.eval_sums(x, torch.zeros(5, dtype=torch.long))["nll_sum"]
+    assert math.isfinite(nll.item())

@@ -175,15 +175,17 @@ class SemiSupervisedDGM(nn.Module):
         if self.predict == "mean":
             return F.log_softmax(self.class_logits(x, mu), dim=-1)
         samples = samples or self.eval_samples
-        probs = torch.zeros(len(x), self.num_classes, device=x.device, dtype=x.dtype)
+        # the average of q(y|a_s,x) in log space (logsumexp of log-softmaxes): a confident model's
+        # probabilities underflow to 0 as softmaxes, which made log q(y|x) -inf and the NLL infinite
+        log_sum = torch.full((len(x), self.num_classes), -math.inf, device=x.device, dtype=x.dtype)
         chunk = max(1, 10_000 // max(1, len(x)))
         for start in range(0, samples, chunk):
             s = min(chunk, samples - start)
             a = sample_normal(mu.expand(s, *mu.shape), logvar.expand(s, *logvar.shape))
             # x (N, d) broadcasts against a (S, N, d_a): the factored first layer computes x's term
             # once for all S draws (docs/models.md, "the first-layer merge")
-            probs += F.softmax(self.class_logits(x, a), dim=-1).sum(0)
-        return torch.log(probs / samples)
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(F.log_softmax(self.class_logits(x, a), -1), 0))
+        return log_sum - math.log(samples)
 
     @torch.no_grad()
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -249,8 +251,9 @@ class Inference(nn.Module):
         if self.aux == "mean":
             return F.log_softmax(m.class_logits(x, mu), dim=-1)
         a = mu + torch.exp(0.5 * logvar) * self.noise                   # (S, B, A)
-        # x enters unexpanded: the factored first layer computes its term once, not S times
-        return torch.log(F.softmax(m.class_logits(x[None], a), dim=-1).mean(0))
+        # x enters unexpanded: the factored first layer computes its term once, not S times; the
+        # average of the S probabilities in log space, as `classify` (no underflow to log 0)
+        return torch.logsumexp(F.log_softmax(m.class_logits(x[None], a), dim=-1), 0) - math.log(len(self.noise))
 
 
 def _call(net: MLP, **inputs):

@@ -32,7 +32,6 @@ def check_model_memory(cfg, info, workers_here: int) -> int:
     cluster's nodes, not checked here). The model is built on PyTorch's meta device, which records
     shapes only. Returns the parameter count.
     Activations are not counted: this catches sizes that cannot work, not every run that will not."""
-    import psutil
     import torch
 
     from dgm_dist.errors import ConfigError
@@ -43,7 +42,7 @@ def check_model_memory(cfg, info, workers_here: int) -> int:
     if workers_here == 0:              # the workers run on a cluster's nodes, not here
         return params
     need = params * 4 * (2 + _STATE.get(cfg.optim.optimizer, 2)) * max(1, workers_here)
-    have = psutil.virtual_memory().available
+    have = available_memory()
     if need > have:
         each = f" on each of {workers_here} workers" if workers_here > 1 else ""
         raise ConfigError(f"model '{cfg.model.name}' has {params:,} parameters: its weights, gradients and "
@@ -51,3 +50,16 @@ def check_model_memory(cfg, info, workers_here: int) -> int:
                           f"{have / 2**30:.1f} GiB available; make model.hidden, model.latent or model.channels "
                           "smaller")
     return params
+
+
+def available_memory() -> int:
+    """Bytes of memory available for new allocations: Linux's MemAvailable (free memory plus what the
+    kernel can reclaim), else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
