@@ -130,6 +130,7 @@ def _stop(port: int) -> None:
         current.unlink()
 
 
+@pytest.mark.slow
 def test_ddp_across_two_nodes_matches_a_single_node_run(two_nodes, tmp_path):
     address, env = two_nodes
     data = write_mnist_dir(tmp_path / "mnist", n_train=400, n_test=100)

@@ -190,6 +190,7 @@ def _tiny(root, data_dir, *extra):
                    {"n_train": 100, "n_valid": 30, "n_test": 40, "valid_digits": 100, "clutter_pool": 500}.items()]])
 
 
+@pytest.mark.slow
 def test_rnn_spn_trains_and_logs_the_attention_figures(capsys, root, data_dir):
     import json
 
@@ -213,6 +214,7 @@ def test_rnn_spn_trains_and_logs_the_attention_figures(capsys, root, data_dir):
     assert Image.open(local).size[0] > 3 * 4 * 33 * 2          # 16 images x 3 steps, 4 images a row, at 2x
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_after_patience_epochs(capsys, root, data_dir):
     """With a vanishing learning rate the validation error never improves after epoch 1, so
     patience 2 stops the run after epoch 3 of 10 with a final checkpoint."""
@@ -332,6 +334,7 @@ def _small_sequences(n: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out["train_x"]).float().div_(255), torch.from_numpy(out["train_y"])
 
 
+@pytest.mark.slow
 def test_the_rnn_spn_recipe_leaves_chance_within_300_steps_on_two_seeds():
     """The paper preset's optimizer and GRU initialisation (its whole architecture, batch 50) on small
     cluttered sequences: the training cross-entropy over steps 251-300 must be clearly below ln 10,

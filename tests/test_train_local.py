@@ -24,6 +24,8 @@ from dgm_dist.models.registry import DataInfo, build_model
 from dgm_dist.training import state
 from dgm_dist.training.evaluation import evaluate_model
 
+pytestmark = pytest.mark.slow      # every run goes through the engine (Ray Train's local mode)
+
 CPUS = os.cpu_count()
 
 
