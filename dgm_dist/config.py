@@ -166,8 +166,13 @@ def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
         cfg.name = preset if cfg.name == "run" else cfg.name
     if yaml_path is not None:
         cfg = apply(cfg, read_yaml(yaml_path), origin=str(yaml_path))
-    cfg = apply(cfg, parse_overrides(overrides), origin="--set")
-    if cfg.data.data_dir:              # Ray workers start in another directory: no relative paths
+    return apply(cfg, parse_overrides(overrides), origin="--set")
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """`data.data_dir` made absolute against this process's directory: Ray workers start in another
+    one (a study resolves its trials' paths against the driver's directory itself)."""
+    if cfg.data.data_dir:
         cfg.data.data_dir = str(Path(cfg.data.data_dir).expanduser().resolve())
     return cfg
 

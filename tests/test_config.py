@@ -82,7 +82,7 @@ def test_presets_are_checked_when_registered():
 
 def test_a_relative_data_dir_becomes_absolute_for_the_workers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = C.load_config(overrides=["data.data_dir=data/mnist"])
+    cfg = C.resolve_paths(C.load_config(overrides=["data.data_dir=data/mnist"]))     # as `train` does first
     assert cfg.data.data_dir == str(tmp_path / "data" / "mnist")
 
 

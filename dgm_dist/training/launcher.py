@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dgm_dist.config import Config, flatten, to_yaml
+from dgm_dist.config import Config, flatten, resolve_paths, to_yaml
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import ConfigError, DgmError, TrainingError
 from dgm_dist.fileio import atomic_write
@@ -119,7 +119,7 @@ def train(cfg: Config, run_name: str | None = None, verbose: bool = False, out=p
     """Train `cfg` to the end and return its final metrics. `batches_hook` is a fault drill of
     `training/faults.py` (tests only)."""
     started = time.time()
-    validate(cfg)
+    validate(resolve_paths(cfg))
     uri = resolve_uri(cfg.tracking)
     check_reachable(uri)
     spec = model_spec(cfg.model.name)
