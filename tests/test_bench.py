@@ -87,7 +87,7 @@ def test_profile_step_names_the_costliest_operators():
     assert re.search(r"aten::(mm|addmm)", out.split("adgm train step")[1])     # dense layers dominate
 
 
-@pytest.mark.parametrize("preset", ["mlp-fashion", "adgm-mnist100"])
+@pytest.mark.parametrize("preset", ["mlp-fashion"])      # --preset adgm-mnist100 takes 2 minutes: not in the suite
 def test_train_overhead_measures_one_and_two_workers(preset):
     out = run("train_overhead.py", "--quick", "--preset", preset)
     assert re.search(rf"1 worker / plain loop:\s+{NUMBER}", out), out
