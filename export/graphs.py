@@ -54,9 +54,6 @@ class GraphOptions:
         o = self.for_model(model)
         return InferenceOptions(aux=o.aux, samples=o.samples, seed=o.seed)
 
-    def describe(self, model: nn.Module) -> str:
-        return model.inference(self.inference(model)).description
-
 
 def build_graph(model: nn.Module, options: GraphOptions = GraphOptions()) -> nn.Module:
     """The inference graph of a trained classifier, in eval mode; `TypeError` for a model that has

@@ -105,16 +105,21 @@ def test_same_run_name_resumes_exactly(capsys, root, data_dir):
         {k: v for k, v in resumed["metrics"].items() if k not in ("epoch_seconds", "throughput")}
 
 
-def test_nonfinite_loss_stops_with_one_clear_error(capsys, root, data_dir, monkeypatch):
+def _diverge_at_step(monkeypatch, step: int) -> None:
+    """The MLP's loss becomes NaN at its `step`-th call (1-based)."""
     calls = {"n": 0}
     real = MLPClassifier.loss
 
     def loss_that_diverges(self, x, y):
         calls["n"] += 1
         loss, terms = real(self, x, y)
-        return (loss * float("nan"), terms) if calls["n"] == 13 else (loss, terms)   # epoch 2, step 3
+        return (loss * float("nan"), terms) if calls["n"] == step else (loss, terms)
 
     monkeypatch.setattr(MLPClassifier, "forward", loss_that_diverges)
+
+
+def test_nonfinite_loss_stops_with_one_clear_error(capsys, root, data_dir, monkeypatch):
+    _diverge_at_step(monkeypatch, 13)                                             # epoch 2, step 3
     code, _, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "diverges")
     assert code == 2 and "Traceback" not in err
     assert "non-finite loss at epoch 2, step 13: loss=nan" in err and "nll_sum=" in err
@@ -130,15 +135,7 @@ def test_with_checks_every_few_steps_a_nonfinite_loss_still_stops_before_any_che
     still stops, names the range of steps, and writes no checkpoint of the non-finite model."""
     from dgm_dist.training import launcher
 
-    calls = {"n": 0}
-    real = MLPClassifier.loss
-
-    def loss_that_diverges(self, x, y):
-        calls["n"] += 1
-        loss, terms = real(self, x, y)
-        return (loss * float("nan"), terms) if calls["n"] == 13 else (loss, terms)   # epoch 2, step 3
-
-    monkeypatch.setattr(MLPClassifier, "forward", loss_that_diverges)
+    _diverge_at_step(monkeypatch, 13)                                             # epoch 2, step 3
     monkeypatch.setattr(launcher, "check_every", lambda cfg: 4)
     code, _, err = _train(capsys, root, data_dir, "--epochs", "3", "--run-name", "diverges-late")
     assert code == 2 and "Traceback" not in err
