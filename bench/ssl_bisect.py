@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ssl_bisect"))
     parser.add_argument("--preset", default="adgm-mnist100-cpu")
     parser.add_argument("--minutes", type=float, default=6.0)
-    parser.add_argument("--arms", nargs="+", default=list(PATCHES), help=f"of {', '.join(PATCHES)}")
+    parser.add_argument("--arms", nargs="*", default=list(PATCHES), help=f"of {', '.join(PATCHES)}")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=KEY=VALUE;...",
                         help="an arm that sets config keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every arm")
