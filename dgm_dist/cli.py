@@ -40,6 +40,7 @@ EXAMPLES = {
     "export": "  dgm-dist export rnn-spn-seq3-cpu-20261126-101500            # a run name (its latest checkpoint)\n"
               "  dgm-dist export --study spn_downsample_cpu --quantize int8  # the study's best trial\n"
               "  dgm-dist export 6ca2b55feaf348018f914a2c35bb45ed --aux mean # an MLflow run id; a = mean of q(a|x)",
+    "runs orphans": "  dgm-dist runs orphans\n  dgm-dist runs orphans --set tracking.experiment=dgm-dist-pipeline",
     "validate": "  dgm-dist validate runs/exports/RUN/model.onnx\n"
                 "  dgm-dist validate runs/exports/RUN/model.int8.onnx --int8-max-drop 1.0 --json\n"
                 "  dgm-dist validate model.onnx --provider cuda              # onnxruntime-gpu: CUDA must be used",
@@ -239,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_and_json(p)
     p.set_defaults(func=cmd_export)
 
+    runs = commands.add_parser("runs", help="look after the runs in MLflow", formatter_class=_formatter,
+                               epilog="examples:\n" + EXAMPLES["runs orphans"])
+    runs_cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    p = runs_cmds.add_parser("orphans", help="end the runs left RUNNING by a driver of this host that died",
+                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["runs orphans"],
+                             description="End as KILLED, with a note, every RUNNING run of the experiment whose "
+                                         "driver ran on this host and is gone (SIGKILL, the OOM killer, a "
+                                         "reboot). Every command that opens the experiment does this too.")
+    _add_set_and_json(p)
+    p.set_defaults(func=cmd_runs_orphans)
+
     p = commands.add_parser("validate", help="check an exported ONNX model against PyTorch; time it",
                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["validate"],
                             description="Check a model written by `dgm-dist export`: onnx.checker; ONNX Runtime "
@@ -379,6 +391,19 @@ def cmd_evaluate(args) -> dict:
         for k, v in result["metrics"].items():
             print(f"{k:<28} {v}")
     return result
+
+
+def cmd_runs_orphans(args) -> dict:
+    from dgm_dist.config import load_config
+    from dgm_dist.tracking import end_orphaned_runs, resolve_uri
+
+    cfg = load_config(overrides=args.overrides)
+    uri = resolve_uri(cfg.tracking)
+    ended = end_orphaned_runs(uri, cfg.tracking.experiment)
+    if not args.json:
+        print(f"{len(ended)} run(s) of experiment {cfg.tracking.experiment} ended as KILLED: their driver had died"
+              + "".join(f"\n  {run_id}  {name}" for run_id, name in ended.items()))
+    return {"experiment": cfg.tracking.experiment, "tracking_uri": uri, "ended": ended}
 
 
 def cmd_tune(args) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dgm_dist.errors import ConfigError, DgmError, TrackingError
+from dgm_dist.orphans import DRIVER_TAG, ORPHANED_TAG, driver_tag, end_orphans
 
 SERVER_HINT = ("start one with `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 "
                "--port 5000`, fix MLFLOW_TRACKING_URI, or unset it to log to a local sqlite file")
@@ -126,12 +127,20 @@ class RunTracker:
                 exp_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 exp_id = exp.experiment_id
+            ended = end_orphans(self.client, [exp_id], by=f"dgm-dist (run {run_name})")
             run = self._resumed_run(exp_id, run_name, resume_key)
             self.resumed = run is not None
             if run is None:
-                run = self.client.create_run(exp_id, run_name=run_name, tags=tags or {})
+                run = self.client.create_run(exp_id, run_name=run_name, tags={**(tags or {}), DRIVER_TAG: driver_tag()})
+            else:
+                self.client.set_tag(run.info.run_id, DRIVER_TAG, driver_tag())
+                if ORPHANED_TAG in run.data.tags:
+                    self.client.delete_tag(run.info.run_id, ORPHANED_TAG)
         except Exception as e:  # MLflow raises many types (MlflowException, requests, sqlalchemy)
             raise TrackingError(f"MLflow at {uri} refused to create a run ({type(e).__name__}: {e})") from None
+        if ended:
+            self.notices.append(f"ended {len(ended)} run(s) of experiment {experiment} left RUNNING by a driver "
+                                f"that had died, as KILLED: {', '.join(ended)}")
         self.run_id = run.info.run_id
         self.experiment_id = exp_id
         self.logged_epochs: set[int] = set()
@@ -305,6 +314,24 @@ def log_evaluation(uri: str, checkpoint, result: dict) -> None:
             if k != "iw_samples" and isinstance(v, (int, float)):
                 client.log_metric(run_id, k + suffix, float(v))
         result["mlflow_run_id"] = run_id
+
+
+def end_orphaned_runs(uri: str, experiment: str) -> dict[str, str]:
+    """`dgm-dist runs orphans`: end the experiment's runs whose driver on this host died
+    (orphans.py); {run id: run name} of those ended."""
+    quiet_mlflow()
+    fail_fast_http()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return {}
+        ended = end_orphans(client, [exp.experiment_id], by="dgm-dist runs orphans")
+        return {run_id: client.get_run(run_id).info.run_name for run_id in ended}
+    except Exception as e:  # MLflow raises many types (MlflowException, requests, sqlalchemy)
+        raise TrackingError(f"MLflow at {uri} could not be searched ({type(e).__name__}: {e})") from None
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
     python -m export.predict MODEL.onnx IMAGE.png|ARRAY.npy [--top K] [--json]
 
-- A PNG (8-bit grey, grey+alpha, RGB or RGBA; decoded here with zlib, no imaging library) must have
-  the model's height and width; colour is converted to grey (ITU-R 601 luma) for grey models.
+- A PNG (any colour type and bit depth, non-interlaced; decoded by export/png.py with zlib, no imaging
+  library, its declared size checked before anything is inflated) must have the model's height and
+  width; colour is converted to grey (ITU-R 601 luma) for grey models.
 - A `.npy` holds one image (H, W[, C]) or a batch (N, H, W[, C]): uint8 pixels 0..255, or floats
   in [0, 1] (scaled to 0..255 and rounded, as the images were stored in training).
 The model's card (in its ONNX metadata) names the input, the classes and the outputs; sequence
@@ -14,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
+import math
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from export import png
 from export.card import from_metadata
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}          # PNG colour type -> samples per pixel
 
 
 class PredictError(Exception):
@@ -32,69 +30,27 @@ class PredictError(Exception):
 
 
 # ---- input ----------------------------------------------------------------------------------------
-def read_png(path: Path) -> np.ndarray:
-    """8-bit, non-interlaced PNG -> uint8 (H, W) or (H, W, C)."""
-    data = path.read_bytes()
-    if not data.startswith(PNG_SIGNATURE):
-        raise PredictError(f"{path}: not a PNG file (give a .png image or a .npy array)")
-    pos, header, idat = 8, None, []
+MAX_BATCH = 65_536          # images in one .npy: its declared size is checked against this before loading
+
+
+def read_array(path: Path, shape: list[int]) -> np.ndarray:
+    """A .npy file, its header's shape checked before its data is read: at most MAX_BATCH images
+    of the model's size (with up to 4 colour channels), and as many bytes as the header implies."""
+    limit = MAX_BATCH * math.prod(shape) * 4
     try:
-        while pos < len(data):
-            length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-            body = data[pos + 8:pos + 8 + length]
-            if kind == b"IHDR":
-                header = struct.unpack(">IIBBBBB", body)
-            elif kind == b"IDAT":
-                idat.append(body)
-            elif kind == b"IEND":
-                break
-            pos += 12 + length
-        width, height, depth, colour, _, _, interlace = header
-        raw = zlib.decompress(b"".join(idat))
-    except (struct.error, TypeError, zlib.error) as e:
-        raise PredictError(f"{path}: a damaged PNG ({e or 'truncated'})") from None
-    if depth != 8 or colour not in CHANNELS or interlace:
-        raise PredictError(f"{path}: only 8-bit, non-interlaced grey/RGB(A) PNGs are read (bit depth {depth}, "
-                           f"colour type {colour}, interlace {interlace}); save it as an 8-bit PNG")
-    channels = CHANNELS[colour]
-    stride = width * channels
-    if len(raw) != height * (stride + 1):
-        raise PredictError(f"{path}: a damaged PNG (pixel data of {len(raw)} bytes for {width}x{height})")
-    rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
-    image = _unfilter(rows[:, 0], rows[:, 1:].astype(np.int32), channels)
-    return image.reshape(height, width, channels).squeeze(-1) if channels == 1 else \
-        image.reshape(height, width, channels)
-
-
-def _unfilter(filters: np.ndarray, rows: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth)."""
-    out = np.zeros_like(rows)
-    previous = np.zeros(rows.shape[1], np.int32)
-    for i, (f, row) in enumerate(zip(filters, rows, strict=True)):
-        if f in (0, 2):
-            cur = (row + (previous if f == 2 else 0)) & 0xFF
-        elif f in (1, 3, 4):
-            cur = row.copy()
-            for x in range(len(cur)):        # each byte depends on the one bpp to its left
-                left = cur[x - bpp] if x >= bpp else 0
-                up = previous[x]
-                if f == 1:
-                    pred = left
-                elif f == 3:
-                    pred = (left + up) // 2
-                else:
-                    up_left = previous[x - bpp] if x >= bpp else 0
-                    p = left + up - up_left
-                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
-                    pred = left if pa <= pb and pa <= pc else (up if pb <= pc else up_left)
-                cur[x] = (cur[x] + pred) & 0xFF
-        else:
-            raise PredictError(f"a damaged PNG (unknown row filter {f})")
-        out[i] = previous = cur
-    return out.astype(np.uint8)
-
-
-def read_array(path: Path) -> np.ndarray:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            declared, _, dtype = reader(f, max_header_size=10_000)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise PredictError(f"{path}: not a readable .npy array ({e})") from None
+    if math.prod(declared) > limit:
+        raise PredictError(f"{path}: declares an array of shape {declared}, more than {MAX_BATCH} images of "
+                           f"{'x'.join(map(str, shape))}; split it into smaller files")
+    if dtype.hasobject or path.stat().st_size - offset < math.prod(declared) * dtype.itemsize:
+        raise PredictError(f"{path}: not a readable .npy array (its data is shorter than its header declares, "
+                           f"or holds Python objects)")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -137,7 +93,14 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 def load_input(path: Path, shape: list[int]) -> np.ndarray:
     if not path.is_file():
         raise PredictError(f"{path}: no such file")
-    array = read_array(path) if path.suffix == ".npy" else read_png(path)
+    if path.suffix == ".npy":
+        array = read_array(path, shape)
+    else:
+        try:
+            array = png.read(path, max_pixels=math.prod(shape))
+        except png.PNGError as e:
+            raise PredictError(f"{path}: {e}" + (" (give a .png image or a .npy array)"
+                                                 if str(e) == "not a PNG file" else "")) from None
     return to_pixels(array, shape, str(path))
 
 

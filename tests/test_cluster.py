@@ -43,10 +43,22 @@ def test_cluster_yaml_is_the_gpu_cluster_the_readme_describes():
     assert "DGM_STORAGE_PATH=s3://" in setup                                  # shared storage for Train/Tune
     text = (ROOT / "cluster.yaml").read_text()
     head = "\n".join(raw["head_start_ray_commands"])
-    assert "mlflow server --host $(hostname -I" in head and "0.0.0.0" not in text   # private address only
+    assert "mlflow server --host 127.0.0.1 " in head and "0.0.0.0" not in text   # the head's loopback only
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head
     assert "dashboard-host" not in text                                        # the dashboard stays on 127.0.0.1
     for secret in ("aws_access_key_id", "aws_secret_access_key", "AKIA", "password", "token:"):
         assert secret.lower() not in text.lower()
+
+
+def test_every_node_runs_ray_with_token_authentication_and_the_users_token():
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"     # from the user's machine
+    assert "chmod 600 ~/.ray/auth_token" in raw["setup_commands"]
+    assert "export RAY_AUTH_MODE=token" in "\n".join(raw["setup_commands"])   # every shell: submit.py, ray CLI
+    for starts in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
+        start = next(c for c in starts if "ray start" in c)
+        assert "export RAY_AUTH_MODE=token;" in start
+    assert "disabled" not in (ROOT / "cluster.yaml").read_text()
 
 
 def test_the_validator_rejects_a_misspelled_key_and_a_fractional_resource():

@@ -446,21 +446,6 @@ def test_the_predictor_rejects_bad_inputs_with_one_clear_line(exported, tmp_path
             (name, done.stderr)
 
 
-def test_png_reader_undoes_every_row_filter(tmp_path):
-    from pathlib import Path
-
-    from formats import write_png
-
-    from export.predict import read_png
-
-    rng = np.random.default_rng(1)
-    for shape in [(9, 7), (9, 7, 2), (9, 7, 3), (9, 7, 4)]:
-        image = rng.integers(0, 256, shape, dtype=np.uint8)
-        for filters in [(0,), (1,), (2,), (3,), (4,), (0, 1, 2, 3, 4)]:
-            decoded = read_png(write_png(Path(tmp_path / "x.png"), image, filters))
-            assert np.array_equal(decoded, image), (shape, filters)
-
-
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 def test_validate_reports_a_cuda_session_that_fell_back_to_the_cpu(exported, data_dir, trained, monkeypatch, capsys):
     """Asked for CUDA where ONNX Runtime cannot use it (this CPU build, or onnxruntime-gpu without

@@ -1,4 +1,7 @@
 import gzip
+import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -62,3 +65,32 @@ def test_missing_file(tmp_path):
 def test_parse_big_endian_values():
     a = np.array([1, 256, -2], dtype=np.int32)
     assert parse_idx(idx_bytes(a)).tolist() == [1, 256, -2]
+
+
+def _gzip_bomb(path, header: bytes, zeros_mb: int):
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)                 # gzip framing
+    with open(path, "wb") as f:
+        f.write(deflate.compress(header))
+        for _ in range(zeros_mb):
+            f.write(deflate.compress(bytes(1 << 20)))
+        f.write(deflate.flush())
+    return path
+
+
+def test_a_gzipped_bomb_is_inflated_no_further_than_its_header_declares(tmp_path):
+    # 10 images of 28x28 declared, 64 MB of zeros in the stream (64 KB on disk)
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 10, 28, 28)
+    path = _gzip_bomb(tmp_path / "bomb-idx3-ubyte.gz", header, 64)
+    tracemalloc.start()
+    with pytest.raises(DataError, match="IDX size mismatch: shape \\(10, 28, 28\\) needs 7840 bytes"):
+        read_idx(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes allocated: the stream was inflated past its header"
+
+
+def test_a_header_declaring_more_than_any_dataset_is_refused_before_inflating(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 10**6, 10**6, 10**6)
+    path = _gzip_bomb(tmp_path / "huge-idx3-ubyte.gz", header, 1)
+    with pytest.raises(DataError, match=r"declares 1000000000000000016 bytes of data, more than any dataset file"):
+        read_idx(path)

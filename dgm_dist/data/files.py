@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from dgm_dist.errors import DataError
@@ -11,8 +12,15 @@ from dgm_dist.errors import DataError
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed when it is gzip (detected by its magic, not its name)."""
+HEAD = 1024                 # decompressed bytes that hold any header these formats have
+MAX_DECLARED = 8 << 30      # bytes a header may declare: far beyond any dataset file here (MNIST: 47 MB)
+
+
+def read_bytes(path: Path, declared_size: Callable[[bytes], int | None] | None = None) -> bytes:
+    """The file's content, decompressed when it is gzip (detected by its magic, not its name).
+    `declared_size(head)` gives the size the file's header declares (from its first HEAD bytes):
+    a gzipped file is then inflated no further than that (a bomb of zeros stops there, and the
+    parser reports the size mismatch), and a declared size beyond MAX_DECLARED is refused first."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -23,7 +31,19 @@ def read_bytes(path: Path) -> bytes:
     if not raw.startswith(GZIP_MAGIC):
         return raw
     try:
-        return gzip.decompress(raw)
+        if declared_size is None:
+            return gzip.decompress(raw)
+        inflater = zlib.decompressobj(wbits=31)                    # one gzip member
+        out = bytearray(inflater.decompress(raw, HEAD))
+        limit = declared_size(bytes(out))
+        if limit is not None and limit > MAX_DECLARED:
+            raise DataError(f"{path}: its header declares {limit} bytes of data, more than any dataset file "
+                            f"({MAX_DECLARED >> 30} GiB); the file is damaged or not what its name says")
+        room = 0 if limit is None else max(1, limit + 1 - len(out))   # one byte more shows an oversized file
+        out += inflater.decompress(inflater.unconsumed_tail, room)
+        if not inflater.eof and (limit is None or len(out) <= limit):
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        return bytes(out)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"{path}: corrupt gzip data ({e}); the file is truncated or damaged: delete it and "

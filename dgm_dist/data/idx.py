@@ -6,6 +6,7 @@ dimension; then the data, big-endian, row-major.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,16 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
+def declared_size(head: bytes) -> int | None:
+    """The whole file's size as its header declares it; no valid header: the bytes seen so far (the
+    parser then says what is wrong with them)."""
+    if len(head) < 4 or head[0] or head[1] or head[2] not in IDX_TYPES or len(head) < 4 + 4 * head[3]:
+        return len(head)
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(head[3])]
+    return 4 + 4 * len(dims) + math.prod(dims) * IDX_TYPES[head[2]].itemsize
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file, plain or gzipped."""
-    return parse_idx(read_bytes(path), str(path))
+    """Read an IDX file, plain or gzipped (inflated no further than its header declares)."""
+    return parse_idx(read_bytes(path, declared_size), str(path))
 

@@ -24,6 +24,7 @@ from dgm_dist.fileio import atomic_write
 from dgm_dist.models.registry import model_spec
 from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, learning_curve, resolve_uri, tracked_run
 from dgm_dist.training import data as training_data
+from dgm_dist.training import embedded_ray
 from dgm_dist.training.resources import check_model_memory, shortfall
 
 
@@ -209,6 +210,7 @@ def make_trainer(cfg: Config, run_name: str, storage: str, options, callbacks: l
     from ray.train.torch import TorchTrainer
 
     from dgm_dist.training.loop import train_loop_per_worker
+    from dgm_dist.training.rendezvous import BoundTorchConfig
 
     if cfg.scaling.workers == 0:
         return TorchTrainer(train_loop_per_worker, train_loop_config={"options": options},
@@ -222,7 +224,7 @@ def make_trainer(cfg: Config, run_name: str, storage: str, options, callbacks: l
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
-        train_loop_per_worker, train_loop_config={"options": options},
+        train_loop_per_worker, train_loop_config={"options": options}, torch_config=BoundTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scaling.placement_strategy),
@@ -240,9 +242,9 @@ def worker_env() -> dict[str, str]:
 
 
 class RaySession:
-    """Joins `scaling.address` / `RAY_ADDRESS`, or starts an embedded local Ray for the run (token
-    authentication on, dashboard on 127.0.0.1 when started) and shuts it down afterwards. A Ray
-    already initialised in this process is reused."""
+    """Joins `scaling.address` / `RAY_ADDRESS`, or starts an embedded local Ray for the run (every
+    server on 127.0.0.1, token authentication on, the token file private: training/embedded_ray.py)
+    and shuts it down afterwards. A Ray already initialised in this process is reused."""
 
     def __init__(self, scaling, verbose: bool, resources: dict[str, float] | None = None, dashboard: bool = False):
         self.scaling, self.verbose, self.started = scaling, verbose, False
@@ -273,11 +275,13 @@ class RaySession:
                 previous = os.environ.get("RAY_GCS_SERVER_PORT")
                 os.environ["RAY_GCS_SERVER_PORT"] = str(port)
                 try:
-                    # address="local": a new Ray, even where `ray start` left a cluster running here
-                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=self.dashboard,
-                             dashboard_host="127.0.0.1",
-                             resources=self.resources, runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}},
-                             **kwargs)
+                    # address="local": a new Ray, even where `ray start` left a cluster running here;
+                    # on 127.0.0.1 only, with a token only this user can read (training/embedded_ray.py)
+                    embedded_ray.private_token()
+                    with embedded_ray.loopback_node():
+                        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=self.dashboard,
+                                 dashboard_host="127.0.0.1", resources=self.resources,
+                                 runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}}, **kwargs)
                 finally:
                     if previous is None:
                         os.environ.pop("RAY_GCS_SERVER_PORT", None)

@@ -12,6 +12,7 @@ It needs port 22 on 127.0.0.1 free (or already that sshd) and network access to 
 """
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def ssh_node(tmp_path_factory):
     bashrc = HOME / ".bashrc"
     if "dgm-dist-env" not in bashrc.read_text():
         # first in the file: Debian's .bashrc returns early for non-interactive shells
-        bashrc.write_text("# dgm-dist-env\nexport PATH=$HOME/venv/bin:$PATH\nexport RAY_AUTH_MODE=disabled\n"
+        bashrc.write_text("# dgm-dist-env\nexport PATH=$HOME/venv/bin:$PATH\nexport RAY_AUTH_MODE=token\n"
                           + bashrc.read_text())
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "host_key"))
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "client_key"))
@@ -76,24 +77,30 @@ def ssh_node(tmp_path_factory):
 
 def test_ray_up_submit_down_over_ssh(ssh_node):
     work = ssh_node
+    token = work / "auth_token"            # the user's token, handed to the node as cluster.yaml does
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
     (work / "local.yaml").write_text(f"""
 cluster_name: dgm-local-smoke
 provider: {{type: local, head_ip: 127.0.0.1, worker_ips: []}}
 auth: {{ssh_user: {USER}, ssh_private_key: {work}/client_key}}
 max_workers: 0
-file_mounts: {{"~/dgm-dist": "{ROOT}"}}
+file_mounts: {{"~/dgm-dist": "{ROOT}", "~/.ray/auth_token": "{token}"}}
 rsync_exclude: ["**/.git/**", "**/.venv/**", "**/runs/**", "**/__pycache__/**"]
 setup_commands:
+  - chmod 600 ~/.ray/auth_token
   - python -c "import dgm_dist" 2>/dev/null || (pip install -q torch==2.13.0 && pip install -q -e "$HOME/dgm-dist[cpu]")
 head_start_ray_commands:
   - ray stop
   - grep -q RAY_ADDRESS ~/.bashrc || echo "export RAY_ADDRESS=$(hostname -I | awk '{{print $1}}'):6390" >> ~/.bashrc
-  - ray start --head --port=6390 --num-cpus=2 --autoscaling-config=~/ray_bootstrap_config.yaml
+  - >-
+    export RAY_AUTH_MODE=token; ray start --head --port=6390 --num-cpus=2
+    --autoscaling-config=~/ray_bootstrap_config.yaml
 worker_start_ray_commands:
   - ray stop
-  - ray start --address=$RAY_HEAD_IP:6390
+  - export RAY_AUTH_MODE=token; ray start --address=$RAY_HEAD_IP:6390
 """)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     config = str(work / "local.yaml")
     sh(RAY, "up", "-y", "--no-config-cache", config, env=env, timeout=1200)
     try:
@@ -101,6 +108,11 @@ worker_start_ray_commands:
                   "--epochs", "1", "--set", "data.validation=50000", env=env)
         assert "epoch 1/1" in done.stdout and "done in" in done.stdout and "test_error" in done.stdout
         assert (HOME / "runs" / "mlflow.db").exists()           # tracked on the head, as the user
+        # the cluster runs with token authentication: a client without the token is refused
+        gcs = "$(hostname -I | awk '{print $1}'):6390"
+        refused = as_user(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={'0' * 64} timeout 60 ~/venv/bin/python -c "
+                          f"\"import ray; ray.init(address='{gcs}')\" 2>&1 || echo REFUSED", timeout=120)
+        assert "REFUSED" in refused.stdout and "auth" in refused.stdout.lower()
     finally:
         sh(RAY, "down", "-y", config, env=env, check=False)
     # `ray down` stopped the cluster: no Ray process of the user's is left
