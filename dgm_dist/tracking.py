@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import urllib.error
@@ -114,6 +116,7 @@ class RunTracker:
         self.tags: dict[str, str] = dict(tags or {})
         self.notices: list[str] = []                       # what the user should hear about tracking
         self.lost: list[str] = []
+        self.spooled: list[tuple[Path, str | None]] = []   # artifacts kept during an outage, not yet uploaded
         self.outage_since: float | None = None
         self.retry_at = 0.0
         self.fallback_run_id: str | None = None
@@ -228,18 +231,45 @@ class RunTracker:
         return True
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or a directory's files, under `artifact_path`. During an outage a copy is kept in
+        `<tracking.root>/mlflow-spool/` (the original may be temporary) and uploaded in order when
+        the server is back, or to the local fallback run."""
         path = Path(path)
-        if self.pending:           # files may be temporary: not queued; the run says what is missing
-            self.lost.append(str(path))
+        if self.pending:
+            self._spool(path, artifact_path)
             return
         try:
-            if path.is_dir():
-                self.client.log_artifacts(self.run_id, str(path), artifact_path)
-            else:
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._upload(self.client, self.run_id, path, artifact_path)
         except Exception as e:  # an outage (or a full artifact store)
             self._outage(e)
-            self.lost.append(str(path))
+            self._spool(path, artifact_path)
+
+    @staticmethod
+    def _upload(client, run_id: str, path: Path, artifact_path: str | None) -> None:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path)
+
+    def _spool(self, path: Path, artifact_path: str | None) -> None:
+        try:
+            copy = Path(tempfile.mkdtemp(prefix="artifact-", dir=self._spool_dir())) / path.name
+            shutil.copytree(path, copy) if path.is_dir() else shutil.copy2(path, copy)
+        except OSError as e:
+            self.lost.append(f"{path} ({e.strerror or e})")
+            return
+        self.spooled.append((copy, artifact_path))
+
+        def upload(copy=copy, artifact_path=artifact_path):
+            self._upload(self.client, self.run_id, copy, artifact_path)
+            self.spooled.remove((copy, artifact_path))
+            shutil.rmtree(copy.parent, ignore_errors=True)
+        self.pending.append((f"artifact {path.name}", upload))
+
+    def _spool_dir(self) -> Path:
+        spool = Path(self.root).expanduser().resolve() / "mlflow-spool" / self.run_id
+        spool.mkdir(parents=True, exist_ok=True)
+        return spool
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tags.update(tags)
@@ -263,7 +293,10 @@ class RunTracker:
                                         f"{self.run_id} there is incomplete"})
             for batch in self.history:
                 fallback.client.log_batch(fallback.run_id, metrics=batch)
+            for copy, artifact_path in self.spooled:
+                self._upload(fallback.client, fallback.run_id, copy, artifact_path)
             fallback.client.set_terminated(fallback.run_id, status=status)
+            shutil.rmtree(Path(self.root).expanduser().resolve() / "mlflow-spool" / self.run_id, ignore_errors=True)
         except Exception as e:  # the local disk failed too: say so, the checkpoints are still there
             self.notices.append(f"MLflow at {self.uri} stayed away and the local store failed too "
                                 f"({type(e).__name__}: {e}); the run's checkpoints hold its results")

@@ -82,12 +82,12 @@ def test_two_workers_average_gradients_like_one_on_the_global_batch(tmp_path):
 def test_killed_worker_resumes_to_the_same_result_and_one_metric_series(tmp_path, data_dir):
     extra = ("scaling.checkpoint_every=2", "scaling.max_failures=1")
     whole = train(_cfg(tmp_path, data_dir, 2, 4, *extra), run_name="whole", out=None)
-    # rank 1 is SIGKILLed at epoch 4, step 2: the group restarts from the epoch-2 checkpoint and
-    # re-runs epoch 3, whose report the driver may already have logged
+    # rank 0, the only checkpoint writer, is SIGKILLed at epoch 4, step 2: the group restarts from
+    # the epoch-2 checkpoint and re-runs epoch 3, whose report the driver may already have logged
     marker = drill_marker(storage_path(_cfg(tmp_path, data_dir, 2, 4)), "drill")
     drill = train(_cfg(tmp_path, data_dir, 2, 4, *extra), run_name="drill", out=None,
-                  batches_hook=KillWorker(4, 2, 1, str(marker)))
-    assert "killed rank 1 at epoch 4, step 2" in drill_marker(drill.storage_path, "drill").read_text()
+                  batches_hook=KillWorker(4, 2, 0, str(marker)))
+    assert "killed rank 0 at epoch 4, step 2" in drill_marker(drill.storage_path, "drill").read_text()
     assert set(drill.replayed_epochs) <= {3}       # epoch 3 is re-run; logged once if it was seen
     for k, v in whole.metrics.items():
         if k not in TIMING_KEYS:
