@@ -6,14 +6,16 @@ labelled - unlabelled ELBO gap over time (docs/results.md §1).
     python bench/ssl_bisect.py --out runs/ssl_bisect --table
 
 Every arm runs `dgm-dist train PRESET --workers 0 --max-minutes M` in this process (Ray Train's
-local mode, so that the variants below, which are not config options, apply), one after another:
+local mode, so that `sampled-kl`, which is not a config option, applies), one after another:
 - `preset`: unchanged;
-- `torch-init`: PyTorch's default initialisation of every linear layer instead of the original
-  code's (GlorotNormal with the ReLU gain and N(0, 1e-3) biases; N(0, 1e-3) mean/variance heads);
+- `torch-init` (`model.init=torch`): PyTorch's default initialisation of every linear layer instead
+  of the original code's (GlorotNormal with the ReLU gain and N(0, 1e-3) biases; N(0, 1e-3)
+  mean/variance heads);
 - `sampled-kl`: the KL of z as log q(z) - log p(z) at the drawn z (the released code) instead of
   the closed form;
-- `labelled-once`: the labelled ELBO weighted N_l / N (each labelled image once per pass, the
-  paper's sum over the data) instead of the released code's equal weight of the two means;
+- `labelled-once` (`model.bound_weights=paper`): the labelled ELBO weighted N_l / N (each labelled
+  image once per pass, the paper's sum over the data) instead of the released code's equal weight
+  of the two means;
 - options that are config keys (`--arm "NAME=KEY=VALUE;..."`), e.g. `"no-prior-clip=model.weight_prior=false;
   optim.clip_value=none"`.
 Each arm's JSON result and its per-epoch metrics (from MLflow) go to OUT; `--table` prints them.
@@ -29,32 +31,8 @@ import math
 import sys
 from pathlib import Path
 
-from torch import nn
-
 from dgm_dist.models import dgm
 from dgm_dist.models.distributions import log_normal, log_standard_normal, sample_normal
-
-
-@contextlib.contextmanager
-def torch_init():
-    """Every nn.Linear of the semi-supervised models re-initialised as PyTorch's default."""
-    originals = {cls: cls.build for cls in (dgm.M2, dgm.ADGM, dgm.SDGM)}
-
-    def wrap(build):
-        def built(self, output):
-            build(self, output)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    m.reset_parameters()
-        return built
-
-    for cls, build in originals.items():
-        cls.build = wrap(build)
-    try:
-        yield
-    finally:
-        for cls, build in originals.items():
-            cls.build = build
 
 
 @contextlib.contextmanager
@@ -86,41 +64,10 @@ def sampled_kl():
             cls.bound = bound
 
 
-@contextlib.contextmanager
-def labelled_once():
-    """The labelled ELBO weighted N_l / N instead of 1: each labelled image counts once per pass over
-    the data, as in the paper's sum over the data set (the released code, averaging the labelled and
-    unlabelled batches with equal weight, counts each of the 100 labelled images N / N_l = 500 times
-    an epoch). The cross-entropy keeps its weight."""
-    cls = dgm.SemiSupervisedDGM
-    original_init, original_loss = cls.__init__, cls.loss
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.labelled_share = max(1, kwargs["n_labelled"]) / kwargs["n_unlabelled"]        # N_l / N
-
-    def loss(self, x, y, x_unlabelled, kl_weight=1.0):
-        """SemiSupervisedDGM.loss with the labelled bound scaled in the objective (its metric unscaled)."""
-        labelled, unlabelled, ce = self.labelled_and_unlabelled(x, y, x_unlabelled, kl_weight)
-        out = -(self.labelled_share * labelled.mean() + self.unlabelled_weight * unlabelled.mean()) \
-            + self.classification_weight * ce.mean()
-        if self.weight_prior_scale:
-            out = out + self.weight_prior_scale * 0.5 * sum(
-                p.pow(2).sum() for n, p in self.named_parameters() if n.endswith("weight") and p.ndim == 2)
-        n = len(x_unlabelled)
-        return out, {"labelled_elbo_sum": labelled.detach().mean().double() * n,
-                     "unlabelled_elbo_sum": unlabelled.detach().mean().double() * n,
-                     "classification_sum": ce.detach().mean().double() * n}
-
-    cls.__init__, cls.loss, cls.forward = init, loss, loss
-    try:
-        yield
-    finally:
-        cls.__init__, cls.loss, cls.forward = original_init, original_loss, original_loss
-
-
-PATCHES = {"preset": contextlib.nullcontext, "torch-init": torch_init, "sampled-kl": sampled_kl,
-           "labelled-once": labelled_once}
+PATCHES = {"preset": contextlib.nullcontext, "sampled-kl": sampled_kl}
+# the bisect's differences that are config options now (docs/models.md)
+OPTIONS = {"torch-init": ["model.init=torch"], "labelled-once": ["model.bound_weights=paper"]}
+ARMS = [*PATCHES, *OPTIONS]
 CURVES = ("test_error", "test_nll", "valid_error", "train_labelled_elbo", "train_unlabelled_elbo",
           "train_classification", "test_vote_error", "test_entropy")
 
@@ -174,7 +121,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ssl_bisect"))
     parser.add_argument("--preset", default="adgm-mnist100-cpu")
     parser.add_argument("--minutes", type=float, default=6.0)
-    parser.add_argument("--arms", nargs="*", default=list(PATCHES), help=f"of {', '.join(PATCHES)}")
+    parser.add_argument("--arms", nargs="*", default=ARMS, choices=ARMS, help=f"of {', '.join(ARMS)}")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=KEY=VALUE;...",
                         help="an arm that sets config keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every arm")
@@ -184,7 +131,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table:
         for name in args.arms:
-            run_arm(args.out, name, args.preset, args.minutes, args.set, PATCHES[name], args.root)
+            run_arm(args.out, name, args.preset, args.minutes, [*args.set, *OPTIONS.get(name, [])],
+                    PATCHES.get(name, contextlib.nullcontext), args.root)
         for spec in args.arm:
             name, _, sets = spec.partition("=")
             run_arm(args.out, name, args.preset, args.minutes, [*args.set, *sets.split(";")], contextlib.nullcontext,

@@ -7,7 +7,7 @@ directory): as written, with its ASHA scheduler, and with `scheduler: fifo` and 
 `max_epochs`, so every trial trains to the end. The grid is the same, so the trials are the same.
 It prints wall time, epochs trained, the trials ASHA stopped, the best trial of each, and the
 ratios. Default study: tune_spaces/ssl_warmup_bn_cpu.yaml (about 17 minutes for both on 2 cores);
-`--quick` is a 3-trial MLP study on 500 Fashion-MNIST labels (a smoke test, under 2 minutes).
+`--quick` is a 3-trial, 2-epoch MLP study on 500 Fashion-MNIST labels (a smoke test, about a minute).
 """
 
 import argparse
@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {
     "study": "asha_quick", "base": "mlp-fashion",
-    "set": {"data.labels": 500, "model.hidden": [64], "optim.epochs": 3},
+    "set": {"data.labels": 500, "model.hidden": [64], "optim.epochs": 2},
     "parameters": {"optim.lr": {"grid": [0.3, 0.03, 0.0003]}},
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "concurrent": 2, "resources": {"workers": 1, "cpus_per_worker": 1},

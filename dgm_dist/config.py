@@ -69,6 +69,7 @@ class ModelConfig:
     mc_average: str = choice("bounds", "bounds", "probabilities")   # K > 1: average U, or q(y|a,x) (released code)
     unlabelled_weight: float = bounded(1.0, 0.0)   # weight of the unlabelled bound (0: the ablation without it)
     init: str = choice("original", "original", "torch")   # ADGM/SDGM/M2 weights: the released code's or PyTorch's
+    bound_weights: str = choice("released", "released", "paper")   # ADGM/SDGM/M2: labelled mean x 1, or x N_l/N
     share: bool = True                         # LVAE: p shares q's top-down nets (paper); false: own (released code)
     batch_norm_heads: bool = False             # VAE/LVAE: batch norm on the mean/variance heads (original code)
     iw_samples: int = bounded(100, 1)          # importance samples of the evaluated log-likelihood

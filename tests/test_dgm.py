@@ -270,6 +270,17 @@ def test_unlabelled_weight_scales_the_unlabelled_term_of_the_loss(weight):
     assert torch.isfinite(sums["unlabelled_elbo_sum"])           # still reported when switched off
 
 
+@pytest.mark.parametrize("weights, share", [("released", 1.0), ("paper", 20 / 600)])
+def test_bound_weights_scale_the_labelled_bound_by_the_labelled_share(weights, share):
+    x, y = _data()
+    model = _model(SDGM, bound_weights=weights)               # N_l = 20, N = 600
+    torch.manual_seed(2)
+    lab, u, ce = model.labelled_and_unlabelled(x, y, x + 0, 1.0)
+    torch.manual_seed(2)
+    loss, _ = model(x=x, y=y, x_unlabelled=x + 0)
+    torch.testing.assert_close(loss, -share * lab.mean() - u.mean() + model.classification_weight * ce.mean())
+
+
 def test_without_the_unlabelled_term_no_gradient_comes_from_unlabelled_images():
     x, y = _data()
     grads = []

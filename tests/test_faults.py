@@ -84,8 +84,8 @@ def _every_metric_and_artifact_logged(client, run_id, history):
     """Every numeric metric of every epoch the run saw is in MLflow with its value, and so are the
     learning curve and the final checkpoint."""
     for report in history:
-        for key, value in report.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for key, value in report.items():      # first_step_at: a wall-clock stamp the monitor keeps, not logged
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "first_step_at":
                 logged = {m.step: m.value for m in client.get_metric_history(run_id, key)}
                 assert logged.get(report["epoch"]) == pytest.approx(value, rel=1e-6), (key, report["epoch"])
     artifacts = {a.path for a in client.list_artifacts(run_id)} | \
@@ -168,9 +168,9 @@ def test_a_sigkilled_tune_driver_resumes_without_rerunning_finished_trials(tmp_p
     assert main(["tune", str(path), "--resume", "--set", f"tracking.root={root}", "--json"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    # Tune had not recorded the finished trial, so it starts it again; the trial finds its final
-    # checkpoint and reports that result without training (no epoch of it runs again)
-    assert f"trial {first} epoch 1:" not in captured.err and f"trial {first} finished after epoch 2" in captured.err
+    # the finished trial trains no epoch again: Tune either recorded it as done (then it is not
+    # started) or had not (then it starts, finds its final checkpoint and reports that result)
+    assert f"trial {first} epoch 1:" not in captured.err          # (its final checkpoint is untouched: below)
     # the unfinished trial continues from its last checkpoint: epoch 2 runs, epoch 1 does not again
     assert f"trial {second} epoch 1:" not in captured.err and f"trial {second} epoch 2:" in captured.err
     final = max(checkpoints)                                                  # the trial's last checkpoint, untouched

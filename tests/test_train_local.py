@@ -105,6 +105,16 @@ def test_same_run_name_resumes_exactly(capsys, root, data_dir):
         {k: v for k, v in resumed["metrics"].items() if k not in ("epoch_seconds", "throughput")}
 
 
+def test_a_finished_run_run_again_by_name_reports_its_result_without_training(capsys, root, data_dir):
+    code, done, err = _train(capsys, root, data_dir, "--epochs", "2", "--run-name", "finished")
+    assert code == 0, err
+    code, again, err = _train(capsys, root, data_dir, "--epochs", "2", "--run-name", "finished")
+    assert code == 0, err                      # was: shutil.Error, the checkpoint copied onto itself
+    assert "epoch 1/2" not in err and err.count("epoch 2/2") == 1     # the final report again, no training
+    assert {k: v for k, v in done["metrics"].items() if k not in ("epoch_seconds", "throughput")} == \
+        {k: v for k, v in again["metrics"].items() if k not in ("epoch_seconds", "throughput")}
+
+
 def _diverge_at_step(monkeypatch, step: int) -> None:
     """The MLP's loss becomes NaN at its `step`-th call (1-based)."""
     calls = {"n": 0}

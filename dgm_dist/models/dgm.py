@@ -13,8 +13,10 @@ U enumerates the classes in one batched pass, and ONE draw of a serves both q(y|
 L(x,y) ("the expectation over a is outside the sum over y"). The KL of z is analytic; the a terms
 are single-sample Monte Carlo (p(a|.) depends on the sampled z). The objective, as the released
 code assembles it, gives the labelled and unlabelled means equal weight:
-  loss = -(mean L + w * mean U) + alpha * N / N_l * mean CE(q(y|a,x), y) [- log N(W; 0, 1) / N]
-w = `unlabelled_weight` (1; 0 is the ablation without the unlabelled term). A KL warm-up weight
+  loss = -(s * mean L + w * mean U) + alpha * N / N_l * mean CE(q(y|a,x), y) [- log N(W; 0, 1) / N]
+w = `unlabelled_weight` (1; 0 is the ablation without the unlabelled term); s = 1 with
+`bound_weights="released"`, s = N_l / N with "paper": the paper's sums over the data set, in which each
+labelled image counts once per pass instead of in every batch (docs/models.md). A KL warm-up weight
 beta multiplies every term but log p(x|.) (beta = 1 without warm-up).
 
 Two estimator choices (docs/models.md, "the unlabelled bound's estimator"):
@@ -70,7 +72,8 @@ class SemiSupervisedDGM(nn.Module):
                  output: str = "bernoulli", batch_norm: bool = False, mc_samples: int = 1, alpha: float = 0.1,
                  n_unlabelled: int = 1, n_labelled: int = 1, eval_samples: int = 100, predict: str = "sample",
                  factored: bool = True, weight_prior: bool = False, shared_noise: bool = True,
-                 mc_average: str = "bounds", unlabelled_weight: float = 1.0, init: str = "original"):
+                 mc_average: str = "bounds", unlabelled_weight: float = 1.0, init: str = "original",
+                 bound_weights: str = "released"):
         super().__init__()
         self.x_dim, self.num_classes, self.latent, self.aux = x_dim, num_classes, latent, aux
         if mc_average not in ("bounds", "probabilities"):
@@ -78,6 +81,9 @@ class SemiSupervisedDGM(nn.Module):
         self.mc_samples, self.eval_samples, self.predict = mc_samples, eval_samples, predict
         self.shared_noise, self.mc_average, self.unlabelled_weight = shared_noise, mc_average, unlabelled_weight
         self.classification_weight = alpha * n_unlabelled / max(1, n_labelled)   # 0.1 N / N_l
+        if bound_weights not in ("released", "paper"):
+            raise ValueError(f"bound_weights={bound_weights!r}: expected 'released' or 'paper'")
+        self.labelled_weight = max(1, n_labelled) / max(1, n_unlabelled) if bound_weights == "paper" else 1.0
         self.weight_prior_scale = 1.0 / n_unlabelled if weight_prior else 0.0
         self.register_buffer("classes", torch.eye(num_classes), persistent=False)
         self.options = {"hidden": tuple(hidden), "batch_norm": batch_norm, "factored": factored}
@@ -149,7 +155,7 @@ class SemiSupervisedDGM(nn.Module):
     def loss(self, x: torch.Tensor, y: torch.Tensor, x_unlabelled: torch.Tensor,
              kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labelled, unlabelled, ce = self.labelled_and_unlabelled(x, y, x_unlabelled, kl_weight)
-        loss = -labelled.mean() + self.classification_weight * ce.mean()
+        loss = -self.labelled_weight * labelled.mean() + self.classification_weight * ce.mean()
         if self.unlabelled_weight:     # 0: U is still computed, without gradients, for its metric
             loss = loss - self.unlabelled_weight * unlabelled.mean()
         if self.weight_prior_scale:

@@ -74,7 +74,7 @@ def _dgm(cls):
                    n_unlabelled=info.n_unlabelled, n_labelled=info.n_labelled, eval_samples=m.eval_samples,
                    predict=m.predict, factored=m.factored, weight_prior=m.weight_prior,
                    shared_noise=m.shared_noise, mc_average=m.mc_average, unlabelled_weight=m.unlabelled_weight,
-                   init=m.init)
+                   init=m.init, bound_weights=m.bound_weights)
     return build
 
 

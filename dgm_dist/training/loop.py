@@ -257,7 +257,8 @@ def _report_again(directory: Path, saved: dict, opts: LoopOptions, rank: int) ->
     again = None
     if rank == 0:
         again = _checkpoint_dir(opts.local_dir, saved["epoch"])
-        shutil.copytree(directory, again, dirs_exist_ok=True)
+        if again.resolve() != Path(directory).resolve():   # local mode resumes from that very directory
+            shutil.copytree(directory, again, dirs_exist_ok=True)
     _report(dict(saved["extra"].get("metrics") or {}), again, opts)
 
 
