@@ -128,6 +128,20 @@ class Predictor:
                                f"export one with `dgm-dist export`")
         self.card = card
         self.shape = [int(d) for d in card["input"]["shape"][1:]]
+        self._check_graph_against_card(model_path)
+
+    def _check_graph_against_card(self, model_path: Path) -> None:
+        """The graph takes what its card says and returns `log_probs` (a card copied onto another
+        graph, or a graph edited after export, would otherwise fail later inside ONNX Runtime)."""
+        inputs, outputs = self.session.get_inputs(), {o.name for o in self.session.get_outputs()}
+        want = self.card["input"]
+        graph = [(i.name, [d if isinstance(d, int) else None for d in i.shape]) for i in inputs]
+        fits = len(graph) == 1 and graph[0][0] == want.get("name") and len(graph[0][1]) == len(self.shape) + 1 \
+            and all(g in (None, w) for g, w in zip(graph[0][1][1:], self.shape, strict=False))
+        if not fits or "log_probs" not in outputs:
+            raise PredictError(f"{model_path}: its graph does not match its model card (the card: input "
+                               f"{want.get('name')!r} of shape [N, {', '.join(map(str, self.shape))}] and output "
+                               f"'log_probs'; the graph: inputs {graph}, outputs {sorted(outputs)}); export it again")
 
     def predict(self, pixels: np.ndarray, top: int = 3) -> list[dict]:
         outputs = dict(zip([o.name for o in self.session.get_outputs()],

@@ -42,3 +42,38 @@ def test_a_png_bomb_is_refused_from_its_header(tmp_path):
                      + chunk(b"IDAT", zlib.compress(bytes(1 << 20))) + chunk(b"IEND", b""))
     with pytest.raises(PredictError, match="bomb.png: a PNG of 10000x10000 pixels, more than the 784"):
         load_input(path, [28, 28])
+
+
+def _graph(tmp_path, input_name, card_input_name, output="log_probs"):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.card import FORMAT, metadata
+
+    node = helper.make_node("Identity", [input_name], [output])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 10])],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    card = {"format": FORMAT, "task": "single", "classes": [str(i) for i in range(10)],
+            "input": {"name": card_input_name, "shape": ["N", 10]}}
+    for k, v in metadata(card).items():
+        model.metadata_props.add(key=k, value=v)
+    path = tmp_path / f"{input_name}-{card_input_name}-{output}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("graph_input, card_input, output, fits", [
+    ("pixels", "pixels", "log_probs", True),            # the control
+    ("x", "pixels", "log_probs", False),                # the card names another input
+    ("pixels", "pixels", "logits", False),              # no log_probs output
+])
+def test_a_graph_that_does_not_match_its_card_is_one_error(tmp_path, graph_input, card_input, output, fits):
+    from export.predict import Predictor
+
+    path = _graph(tmp_path, graph_input, card_input, output)
+    if fits:
+        assert Predictor(path).shape == [10]
+    else:
+        with pytest.raises(PredictError, match="its graph does not match its model card"):
+            Predictor(path)
