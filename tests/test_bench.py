@@ -96,6 +96,13 @@ def test_train_overhead_measures_one_and_two_workers(preset):
     assert re.search(rf"^{preset}: {kind}$", out, re.M), out
 
 
+def test_png_decode_times_both_decoders_at_the_models_sizes():
+    out = run("png_decode.py")
+    for size in ("28x28", "100x100"):
+        for kind in ("grey, smooth", "RGB, noise"):
+            assert re.search(rf"^{size} {kind}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out, re.M), out
+
+
 def test_tune_asha_runs_the_same_trials_with_and_without_early_stopping():
     out = run("tune_asha.py", "--quick", timeout=600)
     asha, fifo = rows(out, "ASHA"), rows(out, "FIFO")
