@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png")
     parser.add_argument("--version", action="version", version=f"dgm-dist {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for add in (_add_data, _add_config, _add_train, _add_evaluate, _add_tune, _add_pipeline, _add_export,
+                _add_runs, _add_validate):
+        add(commands)
+    return parser
 
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="list, prepare and look at datasets", formatter_class=_formatter,
                                description="Datasets: where they are, decoding and caching them, "
                                            "and image grids to look at them.",
@@ -121,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_data_inspect)
 
+
+def _add_config(commands) -> None:
     cfg_cmd = commands.add_parser("config", help="show what a preset or model will run; list the presets",
                                   formatter_class=_formatter, description="The resolved configs of presets and "
                                   "models, as YAML that --config reads back.",
@@ -142,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_config_list)
 
+
+def _add_train(commands) -> None:
     p = commands.add_parser("train", help="train a model with Ray Train, tracked in MLflow", formatter_class=_formatter,
                             epilog=lambda: _presets_help() + "\n\nexamples:\n" + EXAMPLES["train"],
                             description="Train a model (a preset name such as mlp-fashion, or a bare model name "
@@ -164,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="evaluate a finished run on a whole split", formatter_class=_formatter,
                             epilog="examples:\n  dgm-dist evaluate lvae-bn-wu-mnist-5l-cpu-20261126-130000 "
                                    "--iw-samples 5000\n  dgm-dist evaluate runs/ray/RUN/checkpoint_epoch=000020 "
@@ -182,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_and_json(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_tune(commands) -> None:
     p = commands.add_parser("tune", help="run a Ray Tune study (tune_spaces/*.yaml), or report one",
                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["tune"],
                             description="Run the study a YAML file describes (see tune_spaces/): one Ray Train "
@@ -198,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_and_json(p)
     p.set_defaults(func=cmd_tune)
 
+
+def _add_pipeline(commands) -> None:
     p = commands.add_parser("pipeline", help="the main job: studies, best trials, ONNX export, registry, report",
                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["pipeline"],
                             description="Run the Tune study of each model family (ssl: ADGM/SDGM, lvae: Ladder "
@@ -215,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_and_json(p, "applied to every trial")
     p.set_defaults(func=cmd_pipeline)
 
+
+def _add_export(commands) -> None:
     p = commands.add_parser("export", help="export a trained classifier to ONNX and register it in MLflow",
                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["export"],
                             description="Export a trained classifier (MLP, M2/ADGM/SDGM, CNN, CNN-SPN, RNN-SPN) "
@@ -240,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_and_json(p)
     p.set_defaults(func=cmd_export)
 
+
+def _add_runs(commands) -> None:
     runs = commands.add_parser("runs", help="look after the runs in MLflow", formatter_class=_formatter,
                                epilog="examples:\n" + EXAMPLES["runs orphans"])
     runs_cmds = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
@@ -251,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_and_json(p)
     p.set_defaults(func=cmd_runs_orphans)
 
+
+def _add_validate(commands) -> None:
     p = commands.add_parser("validate", help="check an exported ONNX model against PyTorch; time it",
                             formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["validate"],
                             description="Check a model written by `dgm-dist export`: onnx.checker; ONNX Runtime "
@@ -270,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip the timing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_validate)
-    return parser
 
 
 def say(line: str) -> None:
