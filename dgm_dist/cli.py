@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dgm-dist {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (_add_data, _add_config, _add_train, _add_evaluate, _add_tune, _add_pipeline, _add_export,
-                _add_runs, _add_validate):
+                _add_runs, _add_validate, _add_doctor):
         add(commands)
     return parser
 
@@ -292,6 +292,32 @@ def _add_validate(commands) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the timing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_validate)
+
+
+def _add_doctor(commands) -> None:
+    p = commands.add_parser("doctor", help="what this machine has for dgm-dist, and how to fix what is missing",
+                            formatter_class=_formatter, epilog="examples:\n  dgm-dist doctor\n  dgm-dist doctor --json",
+                            description="Check the installed packages against the pins, the CPUs, GPUs and "
+                                        "memory, the datasets found, Ray's authentication and token file, and "
+                                        "the MLflow store; one line a check, with the fix. Starts nothing. "
+                                        "Exit status 1 when a check fails.")
+    p.add_argument("--data-dir", metavar="DIR", help="also look for datasets here")
+    _add_set_and_json(p)
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> dict:
+    from dgm_dist import doctor
+    from dgm_dist.config import load_config
+    from dgm_dist.tracking import resolve_uri
+
+    checks = doctor.run(args.data_dir, resolve_uri(load_config(overrides=args.overrides).tracking))
+    if not args.json:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" + ("" if c.ok or not c.fix
+                                                                                      else f"\n      fix: {c.fix}"))
+    return doctor.as_dict(checks)
 
 
 def say(line: str) -> None:

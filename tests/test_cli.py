@@ -102,3 +102,28 @@ def test_split_and_aux_samples_are_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["export", "RUN", "--samples", "5"])             # renamed: --aux-samples
     assert "unrecognized arguments: --samples" in capsys.readouterr().err
+
+
+def test_doctor_reports_each_check_and_the_fix_for_a_readable_ray_token(tmp_path, monkeypatch, capsys):
+    from dgm_dist.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("0" * 64)
+    token.chmod(0o644)
+    args = ["doctor", "--set", f"tracking.root={tmp_path / 'runs'}", "--json"]
+    assert main(args) == 1                                     # a failed check: exit status 1
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert {"torch", "ray", "mlflow", "onnxruntime", "cpus", "gpus", "datasets", "ray auth"} <= set(checks)
+    assert not checks["ray token"]["ok"] and checks["ray token"]["fix"].startswith(f"chmod 600 {token}")
+    assert checks["mlflow"]["ok"] and not (tmp_path / "runs").exists()           # checked, nothing created
+    token.chmod(0o600)
+    main(args)
+    assert {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}["ray token"]["ok"]
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    main(args)
+    assert not {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}["ray auth"]["ok"]
