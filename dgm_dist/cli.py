@@ -636,6 +636,10 @@ def cmd_data_inspect(args) -> dict:
     return {"path": str(path), "dataset": ds.name, "split": args.split, "count": len(x), "labels": captions}
 
 
+# packages of the extras (pyproject.toml), and how to get them when a command needs one
+OPTIONAL = {"onnxruntime": "pip install -e '.[cpu]' (onnxruntime==1.31.1; on GPU nodes '.[gpu]', never both)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_mode = getattr(args, "json", False)
@@ -646,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
             result = args.func(args)
     except DgmError as e:
         print(f"dgm-dist: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name not in OPTIONAL:
+            raise
+        print(f"dgm-dist: error: `{args.command}` needs {e.name}, which is not installed: {OPTIONAL[e.name]}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dgm-dist: interrupted", file=sys.stderr)

@@ -109,7 +109,11 @@ class Predictor:
     """An exported model and its card."""
 
     def __init__(self, model_path: Path, threads: int | None = None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ModuleNotFoundError:
+            raise PredictError("onnxruntime is not installed: pip install onnxruntime==1.31.1 "
+                               "(onnxruntime-gpu==1.31.1 on a GPU device)") from None
 
         if not model_path.is_file():
             raise PredictError(f"{model_path}: no such model file")

@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +129,19 @@ def test_doctor_reports_each_check_and_the_fix_for_a_readable_ray_token(tmp_path
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     main(args)
     assert not {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}["ray auth"]["ok"]
+
+
+BLOCK_ORT = "import sys, runpy; sys.modules['onnxruntime'] = None; sys.argv = sys.argv[1:]; " \
+            "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+
+
+@pytest.mark.parametrize("module, args, says", [
+    ("dgm_dist.cli", ["validate", "model.onnx"], "dgm-dist: error: `validate` needs onnxruntime, which is not"),
+    ("export.predict", ["model.onnx", "x.npy"], "predict: error: onnxruntime is not installed"),
+])
+def test_a_missing_onnxruntime_is_one_line_naming_the_extra(tmp_path, module, args, says):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-c", BLOCK_ORT, module, *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
