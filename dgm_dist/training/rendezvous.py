@@ -40,7 +40,7 @@ class _BoundBackend(_TorchBackend):
 
     def on_shutdown(self, worker_group, backend_config):
         super().on_shutdown(worker_group, backend_config)
-        worker_group.execute_single(0, _STORE.clear)
+        worker_group.execute_single(0, _release)
 
 
 def _serve_store(world_size: int, timeout_s: int) -> tuple[str, int]:
@@ -54,6 +54,14 @@ def _serve_store(world_size: int, timeout_s: int) -> tuple[str, int]:
     _STORE[:] = [sock, dist.TCPStore(addr, port, world_size, True, datetime.timedelta(seconds=timeout_s),
                                      wait_for_workers=False, master_listen_fd=sock.fileno())]
     return addr, port
+
+
+def _release() -> None:
+    """On rank 0, once the group is gone: drop the store and its socket (a module function, so it is
+    pickled by reference and runs on the worker's own `_STORE`). Ray keeps a 1-worker group to the
+    end of the process; its store stays with it."""
+    if not dist.is_initialized():
+        _STORE.clear()
 
 
 def _join(backend: str, addr: str, port: int, rank: int, world_size: int, timeout_s: int) -> None:
