@@ -1,5 +1,7 @@
 """Loading named datasets from small real-format files: happy paths, validation and caching."""
 
+import struct
+
 import numpy as np
 import pytest
 from conftest import FASHION_DIR, HAS_FASHION
@@ -191,6 +193,9 @@ def test_norb_lvae_left_duplicated_and_no_resize(tmp_path):
     (lambda b: b[:12], "truncated NORB header"),
     (lambda b: b[:-10], "truncated NORB data"),
     (lambda b: b + b"\x00", "size mismatch"),
+    # dimensions whose product overflows int64: the size is still computed exactly
+    (lambda b: b[:8] + struct.pack("<iii", 2**31 - 1, 2**31 - 1, 2**31 - 1) + b[20:],
+     f"needs {(2**31 - 1) ** 3 * 96} bytes"),
 ])
 def test_norb_corrupt(tmp_path, mutate, message):
     d = write_norb_dir(tmp_path / "norb", gz=False)

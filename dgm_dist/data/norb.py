@@ -7,6 +7,7 @@ a stereo pair per object; `*-cat.mat` is (24300,) int32 with categories 0..4.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def parse_norb(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if any(d < 0 for d in shape):
         raise DataError(f"{name}: negative dimension in NORB header {shape}")
     dtype = NORB_TYPES[magic]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize          # Python ints: no overflow on a huge header
     actual = len(data) - header
     if actual != expected:
         kind = "truncated NORB data" if actual < expected else "NORB size mismatch"
