@@ -55,10 +55,10 @@ def is_orphan(tag: str) -> bool:
     return now is None or (now != "alive" and ident != "alive" and now != ident)
 
 
-def end_orphans(client, experiment_ids: list[str], by: str) -> list[str]:
+def end_orphans(client, experiment_ids: list[str], by: str) -> dict[str, str]:
     """End as KILLED every RUNNING run of these experiments whose driver on this host is gone; the
-    note names the driver and what found it. Returns the ended run ids."""
-    ended = []
+    note names the driver and what found it. Returns {run id: run name} of those ended."""
+    ended = {}
     runs = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000)
     for run in runs:
         tag = run.data.tags.get(DRIVER_TAG)
@@ -68,5 +68,5 @@ def end_orphans(client, experiment_ids: list[str], by: str) -> list[str]:
                            f"its driver (pid {pid} on {host}) was gone when {by} opened the experiment at "
                            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; ended as KILLED")
             client.set_terminated(run.info.run_id, status="KILLED")
-            ended.append(run.info.run_id)
+            ended[run.info.run_id] = run.info.run_name
     return ended

@@ -253,6 +253,7 @@ class RunTracker:
 
     def _spool(self, path: Path, artifact_path: str | None) -> None:
         try:
+            self._spool_dir().mkdir(parents=True, exist_ok=True)
             copy = Path(tempfile.mkdtemp(prefix="artifact-", dir=self._spool_dir())) / path.name
             shutil.copytree(path, copy) if path.is_dir() else shutil.copy2(path, copy)
         except OSError as e:
@@ -267,9 +268,7 @@ class RunTracker:
         self.pending.append((f"artifact {path.name}", upload))
 
     def _spool_dir(self) -> Path:
-        spool = Path(self.root).expanduser().resolve() / "mlflow-spool" / self.run_id
-        spool.mkdir(parents=True, exist_ok=True)
-        return spool
+        return Path(self.root).expanduser().resolve() / "mlflow-spool" / self.run_id
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tags.update(tags)
@@ -296,7 +295,7 @@ class RunTracker:
             for copy, artifact_path in self.spooled:
                 self._upload(fallback.client, fallback.run_id, copy, artifact_path)
             fallback.client.set_terminated(fallback.run_id, status=status)
-            shutil.rmtree(Path(self.root).expanduser().resolve() / "mlflow-spool" / self.run_id, ignore_errors=True)
+            shutil.rmtree(self._spool_dir(), ignore_errors=True)
         except Exception as e:  # the local disk failed too: say so, the checkpoints are still there
             self.notices.append(f"MLflow at {self.uri} stayed away and the local store failed too "
                                 f"({type(e).__name__}: {e}); the run's checkpoints hold its results")
@@ -361,8 +360,7 @@ def end_orphaned_runs(uri: str, experiment: str) -> dict[str, str]:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return {}
-        ended = end_orphans(client, [exp.experiment_id], by="dgm-dist runs orphans")
-        return {run_id: client.get_run(run_id).info.run_name for run_id in ended}
+        return end_orphans(client, [exp.experiment_id], by="dgm-dist runs orphans")
     except Exception as e:  # MLflow raises many types (MlflowException, requests, sqlalchemy)
         raise TrackingError(f"MLflow at {uri} could not be searched ({type(e).__name__}: {e})") from None
 

@@ -16,7 +16,7 @@ HEAD = 1024                 # decompressed bytes that hold any header these form
 MAX_DECLARED = 8 << 30      # bytes a header may declare: far beyond any dataset file here (MNIST: 47 MB)
 
 
-def read_bytes(path: Path, declared_size: Callable[[bytes], int | None] | None = None) -> bytes:
+def read_bytes(path: Path, declared_size: Callable[[bytes], int] | None = None) -> bytes:
     """The file's content, decompressed when it is gzip (detected by its magic, not its name).
     `declared_size(head)` gives the size the file's header declares (from its first HEAD bytes):
     a gzipped file is then inflated no further than that (a bomb of zeros stops there, and the
@@ -36,12 +36,12 @@ def read_bytes(path: Path, declared_size: Callable[[bytes], int | None] | None =
         inflater = zlib.decompressobj(wbits=31)                    # one gzip member
         out = bytearray(inflater.decompress(raw, HEAD))
         limit = declared_size(bytes(out))
-        if limit is not None and limit > MAX_DECLARED:
+        if limit > MAX_DECLARED:
             raise DataError(f"{path}: its header declares {limit} bytes of data, more than any dataset file "
                             f"({MAX_DECLARED >> 30} GiB); the file is damaged or not what its name says")
-        room = 0 if limit is None else max(1, limit + 1 - len(out))   # one byte more shows an oversized file
-        out += inflater.decompress(inflater.unconsumed_tail, room)
-        if not inflater.eof and (limit is None or len(out) <= limit):
+        # one byte more than declared shows an oversized file (max_length 0 would mean no bound)
+        out += inflater.decompress(inflater.unconsumed_tail, max(1, limit + 1 - len(out)))
+        if not inflater.eof and len(out) <= limit:
             raise EOFError("compressed file ended before the end-of-stream marker was reached")
         return bytes(out)
     except (OSError, EOFError, zlib.error) as e:

@@ -52,7 +52,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
-def declared_size(head: bytes) -> int | None:
+def declared_size(head: bytes) -> int:
     """The whole file's size as its header declares it; no valid header: the bytes seen so far (the
     parser then says what is wrong with them)."""
     if len(head) < 4 or head[0] or head[1] or head[2] not in IDX_TYPES or len(head) < 4 + 4 * head[3]:
