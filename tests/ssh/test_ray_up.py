@@ -48,13 +48,20 @@ def ssh_node(tmp_path_factory):
     if sh("id", USER, check=False).returncode:
         sh("useradd", "-m", "-s", "/bin/bash", USER)
     sh("usermod", "-p", "*", USER)                         # no password, but not locked (key login)
+    # the node installs from the same package sources as this machine (its pip config and PIP_* settings)
+    pip_conf = Path.home() / ".config" / "pip" / "pip.conf"
+    if pip_conf.exists():
+        (HOME / ".config" / "pip").mkdir(parents=True, exist_ok=True)
+        shutil.copy(pip_conf, HOME / ".config" / "pip" / "pip.conf")
+        sh("chown", "-R", f"{USER}:{USER}", str(HOME / ".config"))
+    pip_env = "".join(f"export {k}={v}\n" for k, v in os.environ.items() if k.startswith("PIP_"))
     if not (HOME / "venv" / "bin" / "ray").exists():
         as_user("/usr/bin/python3 -m venv ~/venv && ~/venv/bin/pip install -q 'ray[default]==2.60.0'")
     bashrc = HOME / ".bashrc"
     if "dgm-dist-env" not in bashrc.read_text():
         # first in the file: Debian's .bashrc returns early for non-interactive shells
         bashrc.write_text("# dgm-dist-env\nexport PATH=$HOME/venv/bin:$PATH\nexport RAY_AUTH_MODE=token\n"
-                          + bashrc.read_text())
+                          + pip_env + bashrc.read_text())
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "host_key"))
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "client_key"))
     ssh_dir = HOME / ".ssh"
