@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-PACKAGES = ("dgm_dist", "export")
+PACKAGES = ("dgm_dist", "edge/dgm_predict")     # paths in the source tree
 
 
 def find_project() -> None:
@@ -32,7 +32,7 @@ def find_project() -> None:
             f"'pip install -e ~/dgm-dist[gpu]'; then `ray up cluster.yaml` again), or set DGM_PROJECT_DIR "
             f"to the checkout on the head node.\n")
         sys.exit(2)
-    sys.path.insert(0, str(source))
+    sys.path[:0] = [str(source), str(source / "edge")]
     # the Ray workers cannot import it either: ship the packages with the job
     os.environ["DGM_PY_MODULES"] = os.pathsep.join(str(source / p) for p in PACKAGES)
 

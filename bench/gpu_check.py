@@ -170,9 +170,9 @@ def throughput(device: str, steps: int, compile_: bool) -> None:
 def onnx_cuda(device: str, quick: bool) -> None:
     from onnx_latency import export_case
 
-    from export.checks import CPU, CUDA, latency_ms, parity, parity_passes, placement, providers_for, session
-    from export.graphs import INPUT
-    from export.validator import CUDA_TOLERANCE, FP32_TOLERANCE
+    from dgm_dist.export.checks import CPU, CUDA, latency_ms, parity, parity_passes, placement, providers_for, session
+    from dgm_dist.export.graphs import INPUT
+    from dgm_dist.export.validator import CUDA_TOLERANCE, FP32_TOLERANCE
 
     providers = providers_for("cuda" if device == "cuda" else "cpu")     # also preloads pip's CUDA libraries
     names = ("ADGM, S = 100", "RNN-SPN (d=3)") if quick else ("MLP", "ADGM, S = 100", "SDGM, S = 100", "CNN",

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from dgm_dist.config import load_config
+from dgm_dist.export.checks import session
+from dgm_dist.export.exporter import torch_fn
+from dgm_dist.export.graphs import INPUT, GraphOptions, build_graph
+from dgm_dist.export.onnx_file import export_graph
+from dgm_dist.export.quantize import quantize_int8
 from dgm_dist.models.registry import DataInfo, build_model
-from export.checks import session
-from export.exporter import torch_fn
-from export.graphs import INPUT, GraphOptions, build_graph
-from export.onnx_file import export_graph
-from export.quantize import quantize_int8
 
 SINGLE = DataInfo((28, 28), 10, None, 50_000, 100)
 SEQUENCE = DataInfo((100, 100), 10, 3)

@@ -1,4 +1,4 @@
-"""The edge predictor's PNG decoder (export/png.py) against Pillow, on images of the models' input
+"""The edge predictor's PNG decoder (edge/dgm_predict/png.py) against Pillow, on images of the models' input
 sizes saved by Pillow (its own choice of row filters, as real files have), in one run:
 
     python bench/png_decode.py
@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from export import png
+from dgm_predict import png
 
 
 def per_call_ms(fn, seconds: float = 0.5) -> float:

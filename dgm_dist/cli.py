@@ -519,9 +519,9 @@ def cmd_export(args) -> dict:
     if not args.no_register:
         check_reachable(uri)
     checkpoint, source = trained_source(args.run, args.study, cfg, uri)
-    from export.exporter import ExportOptions
-    from export.graphs import GraphOptions
-    from export.publish import export_and_register
+    from dgm_dist.export.exporter import ExportOptions
+    from dgm_dist.export.graphs import GraphOptions
+    from dgm_dist.export.publish import export_and_register
 
     graph = GraphOptions(aux=args.aux, samples=args.aux_samples)   # None: the run's own settings
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
@@ -543,7 +543,7 @@ def cmd_export(args) -> dict:
 
 
 def cmd_validate(args) -> dict:
-    from export.validator import format_report, validate_model
+    from dgm_dist.export.validator import format_report, validate_model
 
     if args.threads is not None and args.threads < 1 or args.int8_max_drop < 0:
         raise DgmError("--threads must be >= 1 and --int8-max-drop >= 0")

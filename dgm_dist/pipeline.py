@@ -3,8 +3,8 @@ trial, and for the classifiers export it to ONNX, validate it with ONNX Runtime 
 MLflow; then write one report (the studies' tables and plots, the exported models) and log it to the
 pipeline's own MLflow run.
 
-Like the CLI, this module composes the framework with `export/` (imported lazily, inside the run);
-nothing else in `dgm_dist` imports `export`.
+Like the CLI, this module composes the framework with `dgm_dist.export` (imported lazily, inside the
+run); nothing else in `dgm_dist` imports it.
 """
 
 from __future__ import annotations
@@ -132,11 +132,11 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
 
 
 def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, options: dict, out) -> None:
+    from dgm_dist.export.exporter import ExportOptions
+    from dgm_dist.export.publish import export_and_register
+    from dgm_dist.export.validator import format_report, validate_model
     from dgm_dist.training.launcher import storage_path
     from dgm_dist.training.reevaluate import find_checkpoint
-    from export.exporter import ExportOptions
-    from export.publish import export_and_register
-    from export.validator import format_report, validate_model
 
     checkpoint = find_checkpoint(fam.best["checkpoint"], storage_path(cfg))
     source = {"mlflow_run_id": fam.best["run_id"], "study": fam.study, "trial": fam.best["trial_id"]}

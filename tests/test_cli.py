@@ -137,7 +137,7 @@ BLOCK_ORT = "import sys, runpy; sys.modules['onnxruntime'] = None; sys.argv = sy
 
 @pytest.mark.parametrize("module, args, says", [
     ("dgm_dist.cli", ["validate", "model.onnx"], "dgm-dist: error: `validate` needs onnxruntime, which is not"),
-    ("export.predict", ["model.onnx", "x.npy"], "predict: error: onnxruntime is not installed"),
+    ("dgm_predict", ["model.onnx", "x.npy"], "dgm-predict: error: onnxruntime is not installed: pip install 'dgm-"),
 ])
 def test_a_missing_onnxruntime_is_one_line_naming_the_extra(tmp_path, module, args, says):
     (tmp_path / "model.onnx").write_bytes(b"")

@@ -1,5 +1,5 @@
 """The edge predictor's inputs are bounded by the model's input size before anything large is
-read or allocated (export/predict.py): a .npy whose header declares a huge array, and a PNG bomb,
+read or allocated (dgm_predict/predict.py): a .npy whose header declares a huge array, and a PNG bomb,
 each end in one PredictError."""
 
 import struct
@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from export.predict import MAX_BATCH, PredictError, load_input
+from dgm_predict.predict import MAX_BATCH, PredictError, load_input
 
 
 def _npy_header(shape, dtype="|u1") -> bytes:
@@ -48,7 +48,7 @@ def _graph(tmp_path, input_name, card_input_name, output="log_probs"):
     import onnx
     from onnx import TensorProto, helper
 
-    from export.card import FORMAT, metadata
+    from dgm_predict.card import FORMAT, metadata
 
     node = helper.make_node("Identity", [input_name], [output])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 10])],
@@ -69,7 +69,7 @@ def _graph(tmp_path, input_name, card_input_name, output="log_probs"):
     ("pixels", "pixels", "logits", False),              # no log_probs output
 ])
 def test_a_graph_that_does_not_match_its_card_is_one_error(tmp_path, graph_input, card_input, output, fits):
-    from export.predict import Predictor
+    from dgm_predict.predict import Predictor
 
     path = _graph(tmp_path, graph_input, card_input, output)
     if fits:

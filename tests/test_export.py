@@ -2,8 +2,13 @@
 data (so its outputs are not tied), exported, and checked against PyTorch by real ONNX Runtime;
 INT8; the model card; the MLflow registry and its `champion` alias."""
 
+import contextlib
+import io
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import mlflow.onnx
@@ -15,11 +20,11 @@ from formats import write_idx
 
 from dgm_dist.cli import main
 from dgm_dist.config import Config, apply
+from dgm_dist.export.graphs import GraphOptions, build_graph, run_graph
+from dgm_dist.export.onnx_file import read_metadata
+from dgm_dist.export.registry import fluent_uri
 from dgm_dist.models.registry import DataInfo, build_model
-from export.card import from_metadata
-from export.graphs import GraphOptions, build_graph, run_graph
-from export.onnx_file import read_metadata
-from export.registry import fluent_uri
+from dgm_predict.card import from_metadata
 
 pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
 
@@ -101,10 +106,24 @@ def shared_cache(trained, monkeypatch):
     return trained[0]
 
 
+@pytest.fixture(scope="module")
+def every_kind(trained, root, data_dir):
+    """Each kind exported once for the module: name -> (exit status, --json summary, stderr)."""
+    done = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DGM_CACHE_DIR", str(trained[1]))
+        for name, run_name in trained[0].items():
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(["export", run_name, "--set", f"tracking.root={root}", "--data-dir", str(data_dir),
+                             "--no-register", "--json"])
+            done[name] = code, (json.loads(out.getvalue()) if code == 0 else None), err.getvalue()
+    return done
+
+
 @pytest.mark.parametrize("name", list(TINY))
-def test_every_classifier_kind_exports_and_matches_pytorch(name, shared_cache, root, data_dir, capsys):
-    code, summary, err = run(capsys, "export", shared_cache[name], "--set", f"tracking.root={root}",
-                             "--data-dir", str(data_dir), "--no-register")
+def test_every_classifier_kind_exports_and_matches_pytorch(name, every_kind, shared_cache, data_dir, capsys):
+    code, summary, err = every_kind[name]
     assert code == 0, err
     path = summary["files"][0]
     assert summary["parity_max_abs_diff"] <= 1e-5
@@ -181,11 +200,11 @@ class _ToyClassifier(torch.nn.Module):
 
 def test_a_new_classifier_exports_through_its_interface_alone(tmp_path):
     """Export knows no model class: a classifier that implements the interface exports to ONNX and
-    ONNX Runtime computes what PyTorch does, with no change to export/."""
+    ONNX Runtime computes what PyTorch does, with no change to dgm_dist/export/."""
     import onnxruntime as ort
 
+    from dgm_dist.export.onnx_file import export_graph
     from dgm_dist.models.interface import Classifier
-    from export.onnx_file import export_graph
 
     torch.manual_seed(0)
     model = _ToyClassifier().eval()
@@ -241,8 +260,8 @@ def test_int8_exports_are_checked_on_the_test_set(shared_cache, root, data_dir, 
 def test_an_int8_model_that_loses_accuracy_fails_validation(shared_cache, root, data_dir, capsys, tmp_path):
     """Calibrated on black images, the activation ranges are far too narrow: accuracy collapses, and
     validate says so with exit status 1."""
-    from export.onnx_file import set_card
-    from export.quantize import quantize_int8
+    from dgm_dist.export.onnx_file import set_card
+    from dgm_dist.export.quantize import quantize_int8
 
     code, summary, err = run(capsys, "export", shared_cache["mlp"], "--set", f"tracking.root={root}",
                              "--data-dir", str(data_dir), "--no-register", "--out", str(tmp_path))
@@ -350,29 +369,19 @@ def test_validate_refuses_an_onnx_model_it_did_not_export(tmp_path, capsys):
 
 # ---- the edge predictor ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def exported(trained, root, data_dir, tmp_path_factory):
-    """Exported MLP and RNN-SPN files: name -> path."""
-    out = tmp_path_factory.mktemp("exported")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DGM_CACHE_DIR", str(trained[1]))
-        for name in ("mlp", "rnn_spn"):
-            assert main(["export", trained[0][name], "--set", f"tracking.root={root}", "--data-dir", str(data_dir),
-                         "--no-register", "--out", str(out / name)]) == 0
-    return {name: out / name / "model.onnx" for name in ("mlp", "rnn_spn")}
+def exported(every_kind):
+    """The exported files of every kind: name -> path."""
+    return {name: Path(summary["files"][0]) for name, (_, summary, _) in every_kind.items()}
 
 
 # torch, PIL, onnx and mlflow cannot be imported: the predictor must not need them
 NO_TORCH = ("import sys, runpy\n"
             "for m in ('torch', 'PIL', 'onnx', 'mlflow', 'dgm_dist'): sys.modules[m] = None\n"
             "sys.argv = ['predict'] + sys.argv[1:]\n"
-            "runpy.run_module('export.predict', run_name='__main__')\n")
+            "runpy.run_module('dgm_predict', run_name='__main__')\n")
 
 
 def predict(*args):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
                           cwd=root, timeout=120)
@@ -444,6 +453,39 @@ def test_the_predictor_rejects_bad_inputs_with_one_clear_line(exported, tmp_path
         assert done.returncode == 2, (name, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, \
             (name, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def edge_venv(tmp_path_factory):
+    """A fresh virtual environment with only the edge distribution (edge/pyproject.toml) installed,
+    as on a device: `pip install ./edge[cpu]`, built from the source tree, not editable."""
+    venv = tmp_path_factory.mktemp("edge") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                           f"{Path(__file__).resolve().parents[1] / 'edge'}[cpu]"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return venv
+
+
+def test_the_edge_package_installs_alone_and_runs_every_classifier_kind(edge_venv, exported, tmp_path):
+    absent = subprocess.run([str(edge_venv / "bin" / "python"), "-c",
+                             "import importlib.util as u; print([m for m in ('torch', 'ray', 'mlflow', 'onnx', "
+                             "'dgm_dist', 'dgm_predict', 'onnxruntime') if u.find_spec(m) is None])"],
+                            capture_output=True, text=True, timeout=60)
+    assert absent.stdout.strip() == "['torch', 'ray', 'mlflow', 'onnx', 'dgm_dist']", absent.stderr
+    rng = np.random.default_rng(3)
+    for name, model in exported.items():
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        pixels = rng.integers(0, 256, (4, *sess.get_inputs()[0].shape[1:]), dtype=np.uint8)
+        np.save(tmp_path / f"{name}.npy", pixels)
+        done = subprocess.run([str(edge_venv / "bin" / "dgm-predict"), str(model), str(tmp_path / f"{name}.npy"),
+                               "--json"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, (name, done.stderr)
+        got = [r["prediction"] for r in json.loads(done.stdout)["results"]]
+        classes = from_metadata(dict(sess.get_modelmeta().custom_metadata_map))["classes"]
+        best = sess.run(["log_probs"], {"pixels": pixels})[0].argmax(-1)          # the graph's own answer
+        assert got == [[classes[c] for c in row] if best.ndim == 2 else classes[row] for row in best], name
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")

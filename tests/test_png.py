@@ -1,4 +1,4 @@
-"""The edge predictor's PNG decoder (export/png.py): every colour type and bit depth decodes as
+"""The edge predictor's PNG decoder (edge/dgm_predict/png.py): every colour type and bit depth decodes as
 Pillow reads it, and bombs and damaged files end in one error before anything large is inflated."""
 
 import io
@@ -10,7 +10,7 @@ import pytest
 from formats import write_png
 from PIL import Image
 
-from export import png
+from dgm_predict import png
 
 
 def _pillow(image: Image.Image, **kw) -> bytes:

@@ -1,8 +1,8 @@
 """Edge predictor: classify images with an exported dgm-dist model. Needs only numpy and onnxruntime.
 
-    python -m export.predict MODEL.onnx IMAGE.png|ARRAY.npy [--top K] [--json]
+    dgm-predict MODEL.onnx IMAGE.png|ARRAY.npy [--top K] [--json]      (or python -m dgm_predict)
 
-- A PNG (any colour type and bit depth, non-interlaced; decoded by export/png.py with zlib, no imaging
+- A PNG (any colour type and bit depth, non-interlaced; decoded by dgm_predict/png.py with zlib, no imaging
   library, its declared size checked before anything is inflated) must have the model's height and
   width; colour is converted to grey (ITU-R 601 luma) for grey models.
 - A `.npy` holds one image (H, W[, C]) or a batch (N, H, W[, C]): uint8 pixels 0..255, or floats
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export import png
-from export.card import from_metadata
+from dgm_predict import png
+from dgm_predict.card import from_metadata
 
 
 class PredictError(Exception):
@@ -112,8 +112,8 @@ class Predictor:
         try:
             import onnxruntime as ort
         except ModuleNotFoundError:
-            raise PredictError("onnxruntime is not installed: pip install onnxruntime==1.31.1 "
-                               "(onnxruntime-gpu==1.31.1 on a GPU device)") from None
+            raise PredictError("onnxruntime is not installed: pip install 'dgm-predict[cpu]' "
+                               "('dgm-predict[gpu]' on a CUDA device)") from None
 
         if not model_path.is_file():
             raise PredictError(f"{model_path}: no such model file")
@@ -167,7 +167,7 @@ class Predictor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.predict",
+    parser = argparse.ArgumentParser(prog="dgm-predict",
                                      description="Classify images with a dgm-dist ONNX model (numpy + onnxruntime).")
     parser.add_argument("model", help="an .onnx file written by dgm-dist export")
     parser.add_argument("inputs", nargs="+", help="PNG images or .npy arrays (one image or a batch)")
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             for j, r in enumerate(predictor.predict(pixels, max(1, args.top))):
                 results.append({"input": name if len(pixels) == 1 else f"{name}[{j}]", **r})
     except PredictError as e:
-        print(f"predict: error: {e}", file=sys.stderr)
+        print(f"dgm-predict: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"model": predictor.card["model"], "dataset": predictor.card["dataset"],

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dgm_dist.errors import DataError
-from export.graphs import INPUT
+from dgm_dist.export.graphs import INPUT
 
 PARITY_BATCHES = (1, 7, 64)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

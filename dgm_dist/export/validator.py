@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from dgm_dist.errors import DataError
-from export import checks
-from export.card import from_metadata
-from export.exporter import load_classifier, ort_fn, torch_fn
-from export.graphs import GraphOptions, build_graph
-from export.onnx_file import read_metadata
+from dgm_dist.export import checks
+from dgm_dist.export.exporter import load_classifier, ort_fn, torch_fn
+from dgm_dist.export.graphs import GraphOptions, build_graph
+from dgm_dist.export.onnx_file import read_metadata
+from dgm_predict.card import from_metadata
 
 CUDA_TOLERANCE = 1e-3
 FP32_TOLERANCE = 1e-5

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from dgm_dist.errors import TrackingError
+from dgm_dist.export.checks import providers_for
+from dgm_dist.export.graphs import INPUT
 from dgm_dist.tracking import quiet_mlflow
-from export.checks import providers_for
-from export.graphs import INPUT
 
 CHAMPION = "champion"
 METRIC_TAG, VALUE_TAG, TEST_SET_TAG = "dgm.metric", "dgm.metric_value", "dgm.test_set"

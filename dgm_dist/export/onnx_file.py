@@ -18,8 +18,8 @@ from typing import Any
 import onnx
 import torch
 
-from export.card import metadata
-from export.graphs import INPUT
+from dgm_dist.export.graphs import INPUT
+from dgm_predict.card import metadata
 
 MAX_BATCH = 65_536
 

@@ -22,15 +22,15 @@ import torch
 from dgm_dist.config import Config, apply, to_dict
 from dgm_dist.data import load_from_config
 from dgm_dist.errors import DataError, DgmError
+from dgm_dist.export import checks
+from dgm_dist.export.graphs import INPUT, GraphOptions, build_graph, run_graph
+from dgm_dist.export.onnx_file import export_graph, set_card
+from dgm_dist.export.quantize import quantize_int8
 from dgm_dist.fileio import atomic_write
 from dgm_dist.models.registry import model_spec
 from dgm_dist.training import data as training_data
 from dgm_dist.training.reevaluate import load_trained
-from export import checks
-from export.card import FORMAT, PREPROCESSING
-from export.graphs import INPUT, GraphOptions, build_graph, run_graph
-from export.onnx_file import export_graph, set_card
-from export.quantize import quantize_int8
+from dgm_predict.card import FORMAT, PREPROCESSING
 
 FP32_TOLERANCE = 1e-5
 CALIBRATION_IMAGES = 500

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from export.exporter import ExportOptions, export_checkpoint
+from dgm_dist.export.exporter import ExportOptions, export_checkpoint
 
 
 def registered_name(card: dict) -> str:
@@ -23,7 +23,7 @@ def export_and_register(checkpoint: Path, options: ExportOptions, source: dict[s
     (tracking URI, experiment), log and register every file: the INT8 one as `<name>-int8`. The
     `champion` alias moves only where `register` finds the new version better on the same test set.
     Returns the export's result with `registered` (one entry per file) and without the input example."""
-    from export.registry import register
+    from dgm_dist.export.registry import register
 
     result = export_checkpoint(checkpoint, options, source, out)
     example = result.pop("example")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.graphs import INPUT
+from dgm_dist.export.graphs import INPUT
 
 # The layers with weights. Left out on purpose: the element-wise ops of AffineGrid, whose constant
 # base grid (the glimpse's pixel coordinates) would otherwise be rounded to int8 too.

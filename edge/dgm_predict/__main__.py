@@ -1,0 +1,5 @@
+import sys
+
+from dgm_predict.predict import main
+
+sys.exit(main())
