@@ -31,6 +31,7 @@ from dgm_dist.models.registry import model_spec
 from dgm_dist.training import data as training_data
 from dgm_dist.training.reevaluate import load_trained
 from dgm_predict.card import FORMAT, PREPROCESSING
+from dgm_predict.images import RESIZE
 
 FP32_TOLERANCE = 1e-5
 CALIBRATION_IMAGES = 500
@@ -157,7 +158,8 @@ def _card(loaded: Loaded, graph, options: ExportOptions, source: dict[str, Any],
         "format": FORMAT, "model": cfg.model.name, "description": spec.description,
         "task": spec.labels, "dataset": cfg.data.dataset, "classes": loaded.classes,
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *shape]},
-        "outputs": outputs, "preprocessing": PREPROCESSING, "inference": graph.inference.description,
+        "outputs": outputs, "preprocessing": PREPROCESSING, "resize": RESIZE,
+        "inference": graph.inference.description,
         "graph_options": asdict(options.graph), "quantization": "none", "opset": options.opset,
         "metric": spec.main_metric, "test_examples": len(loaded.test[0]), "test_set_sha1": _fingerprint(loaded.test),
         "source": {"checkpoint": str(checkpoint), "epoch": loaded.epoch, **source},

@@ -32,6 +32,12 @@ def read(path, max_pixels: int) -> np.ndarray:
     return decode(path.read_bytes(), max_pixels)
 
 
+def sniff(path) -> bool:
+    """Whether a file starts with the PNG signature."""
+    with open(path, "rb") as f:
+        return f.read(len(SIGNATURE)) == SIGNATURE
+
+
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """PNG bytes -> uint8 (H, W) for grey, (H, W, C) otherwise; PNGError for anything else."""
     if not data.startswith(SIGNATURE):
@@ -48,7 +54,7 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
     if not width or not height:
         raise PNGError(f"a PNG of {width}x{height} pixels")
     if width * height > max_pixels:
-        raise PNGError(f"a PNG of {width}x{height} pixels, more than the {max_pixels} this model's input allows")
+        raise PNGError(f"a PNG of {width}x{height} pixels, more than the {max_pixels} this predictor decodes")
     samples = COLOUR_TYPES[colour][0]
     stride = (width * samples * depth + 7) // 8                 # bytes per row, without its filter byte
     palette, inflater, raw = None, zlib.decompressobj(), bytearray()

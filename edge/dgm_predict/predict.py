@@ -1,12 +1,15 @@
 """Edge predictor: classify images with an exported dgm-dist model. Needs only numpy and onnxruntime.
 
-    dgm-predict MODEL.onnx IMAGE.png|ARRAY.npy [--top K] [--json]      (or python -m dgm_predict)
+    dgm-predict MODEL.onnx INPUT... [--top K] [--json] [--no-resize] [--provider cuda]
+    (or python -m dgm_predict)
 
-- A PNG (any colour type and bit depth, non-interlaced; decoded by dgm_predict/png.py with zlib, no imaging
-  library, its declared size checked before anything is inflated) must have the model's height and
-  width; colour is converted to grey (ITU-R 601 luma) for grey models.
-- A `.npy` holds one image (H, W[, C]) or a batch (N, H, W[, C]): uint8 pixels 0..255, or floats
-  in [0, 1] (scaled to 0..255 and rounded, as the images were stored in training).
+- Inputs (images.py): image files, `.npy` arrays, directories of them, glob patterns. PNG (any
+  colour type and bit depth, non-interlaced) is decoded by png.py with zlib, or by Pillow when it is
+  installed, which also reads JPEG and the other common formats; the declared size is checked before
+  anything is decoded. An image of another size is resized to the model's by area averaging (the
+  card's `resize`), or refused with --no-resize; colour becomes grey (ITU-R 601 luma) for grey models.
+- A `.npy` holds one image (H, W[, C]) or a batch (N, H, W[, C]) of the model's size: uint8 pixels
+  0..255, or floats in [0, 1] (scaled to 0..255 and rounded, as the images were stored in training).
 The model's card (in its ONNX metadata) names the input, the classes and the outputs; sequence
 models print one class per position, and the SPN models also the glimpse boxes (theta).
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm_predict import png
+from dgm_predict import images
 from dgm_predict.card import from_metadata
 
 
@@ -90,30 +93,67 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return np.rint(luma).clip(0, 255).astype(np.uint8)
 
 
-def load_input(path: Path, shape: list[int]) -> np.ndarray:
+def load_input(path: Path, shape: list[int], resize: bool = True, decoder: str = "auto",
+               method: dict | None = None) -> np.ndarray:
+    """One input file -> uint8 (N, *shape). An image of another size is resized to the model's by
+    the card's method (images.RESIZE) unless resize is False; a .npy array must have the model's size."""
     if not path.is_file():
         raise PredictError(f"{path}: no such file")
-    if path.suffix == ".npy":
-        array = read_array(path, shape)
-    else:
-        try:
-            array = png.read(path, max_pixels=math.prod(shape))
-        except png.PNGError as e:
-            raise PredictError(f"{path}: {e}" + (" (give a .png image or a .npy array)"
-                                                 if str(e) == "not a PNG file" else "")) from None
-    return to_pixels(array, shape, str(path))
+    if path.suffix.lower() == ".npy":
+        return to_pixels(read_array(path, shape), shape, str(path))
+    height, width = shape[:2]
+    declared = images.size(path, decoder)
+    if not resize and declared is not None and declared != (width, height):
+        raise PredictError(f"{path}: an image of {declared[0]}x{declared[1]} pixels; the model takes "
+                           f"{width}x{height} (drop --no-resize to resize it, by {_method(method)})")
+    try:
+        image = images.decode(path, images.source_limit(shape, resize), decoder)
+    except images.InputError as e:
+        raise PredictError(str(e)) from None
+    if image.shape[:2] != (height, width):
+        if (method or images.RESIZE).get("method") != "area":
+            raise PredictError(f"{path}: the model card asks for resizing by {_method(method)}, which this "
+                               f"dgm-predict does not know; resize the image to {width}x{height} yourself")
+        image = images.resize(image, height, width)
+    if len(shape) == 3 and shape[2] == 3:                 # a colour model: alpha dropped, grey repeated
+        image = image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    return to_pixels(image, shape, str(path))
+
+
+def _method(method: dict | None) -> str:
+    m = method or images.RESIZE
+    return f"{m.get('method')} averaging ({m.get('fit')})" if m.get("method") == "area" else str(m.get("method"))
 
 
 # ---- model ----------------------------------------------------------------------------------------
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider", "coreml": "CoreMLExecutionProvider",
+                  "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider"}
+
+
+def _providers(provider: str | None, available: list[str]) -> list[str]:
+    """ONNX Runtime providers to try in order: every available one by default; with --provider
+    that one (short names as in PROVIDER_NAMES, or ORT's own), then the CPU for nodes it lacks."""
+    if provider is None:
+        return available
+    name = PROVIDER_NAMES.get(provider.lower(), provider)
+    if name not in available:
+        short = {v: k for k, v in PROVIDER_NAMES.items()}
+        raise PredictError(f"--provider {provider}: not in this onnxruntime build (available: "
+                           f"{', '.join(short.get(a, a) for a in available)})")
+    return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
 class Predictor:
     """An exported model and its card."""
 
-    def __init__(self, model_path: Path, threads: int | None = None):
+    def __init__(self, model_path: Path, threads: int | None = None, provider: str | None = None):
         try:
             import onnxruntime as ort
         except ModuleNotFoundError:
             raise PredictError("onnxruntime is not installed: pip install 'dgm-predict[cpu]' "
                                "('dgm-predict[gpu]' on a CUDA device)") from None
+        providers = _providers(provider, ort.get_available_providers())
 
         if not model_path.is_file():
             raise PredictError(f"{model_path}: no such model file")
@@ -122,7 +162,7 @@ class Predictor:
         if threads:
             so.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(model_path), so, providers=ort.get_available_providers())
+            self.session = ort.InferenceSession(str(model_path), so, providers=providers)
         except Exception as e:  # ORT's InvalidProtobuf, NoSuchFile, Fail ...
             reason = str(e).splitlines()[0].split(" : ")[-1][:200]
             raise PredictError(f"{model_path}: not an ONNX model ONNX Runtime can load ({reason})") from None
@@ -170,19 +210,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dgm-predict",
                                      description="Classify images with a dgm-dist ONNX model (numpy + onnxruntime).")
     parser.add_argument("model", help="an .onnx file written by dgm-dist export")
-    parser.add_argument("inputs", nargs="+", help="PNG images or .npy arrays (one image or a batch)")
+    parser.add_argument("inputs", nargs="+", help="images (PNG; JPEG and others with Pillow), .npy arrays (one image "
+                                                  "or a batch), directories of them, or glob patterns")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image or position (default 3)")
+    parser.add_argument("--no-resize", action="store_true",
+                        help="refuse images of another size instead of resizing them to the model's")
+    parser.add_argument("--decoder", choices=["auto", "builtin", "pillow"], default="auto",
+                        help="image decoder: Pillow when installed (auto), or the built-in PNG decoder")
+    parser.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda, tensorrt, ... (default: every "
+                                           "available one, in ONNX Runtime's order)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        predictor = Predictor(Path(args.model), args.threads)
+        predictor = Predictor(Path(args.model), args.threads, args.provider)
+        method = predictor.card.get("resize")
         results = []
-        for name in args.inputs:
-            pixels = load_input(Path(name), predictor.shape)
+        for path in images.expand(args.inputs):
+            pixels = load_input(path, predictor.shape, not args.no_resize, args.decoder, method)
             for j, r in enumerate(predictor.predict(pixels, max(1, args.top))):
-                results.append({"input": name if len(pixels) == 1 else f"{name}[{j}]", **r})
-    except PredictError as e:
+                results.append({"input": str(path) if len(pixels) == 1 else f"{path}[{j}]", **r})
+    except (PredictError, images.InputError) as e:
         print(f"dgm-predict: error: {e}", file=sys.stderr)
         return 2
     if args.json:
