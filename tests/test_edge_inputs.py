@@ -157,3 +157,62 @@ def test_an_unknown_provider_is_one_line_naming_the_available_ones(tmp_path):
     with pytest.raises(PredictError, match=r"--provider quantum: not in this onnxruntime build \(available: .*cpu"):
         Predictor(path, provider="quantum")
     assert Predictor(path, provider="cpu").session.get_providers() == ["CPUExecutionProvider"]
+
+
+# ---- the on-device check ------------------------------------------------------------------------------
+def _argmax_model(tmp_path, bundle_metrics):
+    """A dgm-dist-carded graph whose class is the brightest of 10 pixels (Cast + LogSoftmax)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dgm_predict.card import FORMAT, metadata
+
+    nodes = [helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("LogSoftmax", ["x"], ["log_probs"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 10])],
+                              [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["N", 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    card = {"format": FORMAT, "model": "toy", "task": "single", "classes": [str(i) for i in range(10)],
+            "input": {"name": "pixels", "shape": ["N", 10]}, "outputs": [{"name": "log_probs"}],
+            "bundle": {"file": "test_bundle.npz", "examples": 40, "metrics": bundle_metrics}}
+    for k, v in metadata(card).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, tmp_path / "model.onnx")
+    return tmp_path / "model.onnx"
+
+
+def test_check_compares_the_bundle_with_the_card_and_fails_when_they_differ(tmp_path, capsys):
+    import json
+
+    from dgm_predict.predict import main
+
+    pixels = np.random.default_rng(0).permutation(np.arange(400) % 250).reshape(40, 10).astype(np.uint8)
+    labels = pixels.argmax(1)
+    labels[:4] = (labels[:4] + 1) % 10                                    # 4 of 40 wrong: error 10 %
+    np.savez(tmp_path / "test_bundle.npz", pixels=pixels, labels=labels)
+    args = [str(tmp_path / "model.onnx"), "--check", str(tmp_path / "test_bundle.npz"), "--seconds", "0.01"]
+    _argmax_model(tmp_path, {"error": 0.1})
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metrics"] == {"error": 0.1} and report["passed"] and report["difference_points"] == 0
+    assert [r["batch"] for r in report["latency"]] == [1, 64]
+    _argmax_model(tmp_path, {"error": 0.05})                              # the card says 5 %: 5 points off
+    assert main(args) == 1
+    assert "FAIL (difference 5.0 points, allowed 0.5)" in capsys.readouterr().out
+    assert main([*args, "--tolerance", "6"]) == 0
+
+
+@pytest.mark.parametrize("arrays, compressed, message", [
+    ({"pixels": np.zeros((3, 10), np.uint8)}, False, "it holds ['pixels.npy']"),
+    ({"pixels": np.zeros((3, 10), np.uint8), "labels": np.zeros(3, np.int64)}, True, "a compressed or oversized"),
+    ({"pixels": np.zeros((3, 12), np.uint8), "labels": np.zeros(3, np.int64)}, False, "pixels of shape (3, 12)"),
+    ({"pixels": np.zeros((3, 10), np.uint8), "labels": np.full(3, 10)}, False, "integers in 0..9"),
+])
+def test_a_bundle_that_does_not_fit_is_one_line(tmp_path, capsys, arrays, compressed, message):
+    from dgm_predict.predict import main
+
+    _argmax_model(tmp_path, {"error": 0.0})
+    (np.savez_compressed if compressed else np.savez)(tmp_path / "b.npz", **arrays)
+    assert main([str(tmp_path / "model.onnx"), "--check", str(tmp_path / "b.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dgm-predict: error: ") and message in err and len(err.strip().splitlines()) == 1

@@ -486,6 +486,15 @@ def test_the_edge_package_installs_alone_and_runs_every_classifier_kind(edge_ven
         classes = from_metadata(dict(sess.get_modelmeta().custom_metadata_map))["classes"]
         best = sess.run(["log_probs"], {"pixels": pixels})[0].argmax(-1)          # the graph's own answer
         assert got == [[classes[c] for c in row] if best.ndim == 2 else classes[row] for row in best], name
+        # the on-device check: the bundle's metrics equal the card's, and latency at batch 1 and 64
+        done = subprocess.run([str(edge_venv / "bin" / "dgm-predict"), str(model), "--check",
+                               str(model.with_name("test_bundle.npz")), "--seconds", "0.05", "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (name, done.stderr)
+        report = json.loads(done.stdout)
+        assert report["passed"] and report["difference_points"] == 0 and report["provider"] == "CPUExecutionProvider"
+        assert report["examples"] == (70 if name in SEQUENCE_MODELS else 130)       # the whole tiny test set
+        assert [r["batch"] for r in report["latency"]] == [1, 64] and all(r["ms"] > 0 for r in report["latency"])
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")

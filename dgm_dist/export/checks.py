@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 from dgm_dist.errors import DataError
 from dgm_dist.export.graphs import INPUT
+from dgm_predict.measure import latency_ms, metrics  # noqa: F401 -- shared with dgm-predict --check
 
 PARITY_BATCHES = (1, 7, 64)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -127,27 +126,6 @@ def output_names(sess) -> list[str]:
 def predict_all(fn: Callable, images: np.ndarray, batch: int = 250) -> np.ndarray:
     """log-probabilities of every image, in batches."""
     return np.concatenate([fn(images[i:i + batch])[0] for i in range(0, len(images), batch)])
-
-
-def metrics(log_probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The training loop's test metrics: `error` for one label per image; `per_digit_error` and
-    `sequence_error` for sequences."""
-    wrong = log_probs.argmax(-1) != labels
-    if wrong.ndim == 1:
-        return {"error": float(wrong.mean())}
-    return {"per_digit_error": float(wrong.mean()), "sequence_error": float(wrong.any(-1).mean())}
-
-
-def latency_ms(fn: Callable, x: np.ndarray, seconds: float = 1.0, min_runs: int = 5) -> float:
-    """Median wall time of one call, after a warm-up call; runs for about `seconds`."""
-    fn(x)
-    times: list[float] = []
-    budget = time.perf_counter() + seconds
-    while len(times) < min_runs or time.perf_counter() < budget:
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def placement(path: Path, providers: list[str], images: np.ndarray) -> dict[str, dict[str, int]]:

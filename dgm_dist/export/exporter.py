@@ -30,6 +30,7 @@ from dgm_dist.fileio import atomic_write
 from dgm_dist.models.registry import model_spec
 from dgm_dist.training import data as training_data
 from dgm_dist.training.reevaluate import load_trained
+from dgm_predict.bundle import BUNDLE_IMAGES, BUNDLE_NAME
 from dgm_predict.card import FORMAT, PREPROCESSING
 from dgm_predict.images import RESIZE
 
@@ -118,7 +119,12 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
                        f"{allowed:.1e} in probabilities or theta, or a different argmax); nothing was "
                        f"registered. Try --opset 18, and report it with the model")
     card = _card(loaded, graph, options, source, checkpoint)
-    card["test_metrics"] = checks.metrics(checks.predict_all(ort_fn(sess), test_x), test_y)
+    test_log_probs = checks.predict_all(ort_fn(sess), test_x)
+    card["test_metrics"] = checks.metrics(test_log_probs, test_y)
+    n = min(BUNDLE_IMAGES, len(test_x))              # the device's own check: dgm-predict --check
+    card["bundle"] = {"file": BUNDLE_NAME, "examples": n, "metrics": checks.metrics(test_log_probs[:n], test_y[:n])}
+    bundle_path = options.out_dir / BUNDLE_NAME
+    atomic_write(bundle_path, lambda f: np.savez(f, pixels=test_x[:n], labels=test_y[:n]))
     card["parity"] = {"max_abs_diff": worst, "tolerance": allowed, "batches": list(checks.PARITY_BATCHES)}
     files = [_write(fp32, card)]
     batches = ", ".join(map(str, checks.PARITY_BATCHES))
@@ -129,12 +135,13 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
         calibration = None if _is_dense(graph) else loaded.train_x[:CALIBRATION_IMAGES]
         how = quantize_int8(fp32, int8, calibration)
         card8 = dict(card, quantization=how, parity=None)
-        card8["test_metrics"] = checks.metrics(
-            checks.predict_all(ort_fn(checks.session(int8, [checks.CPU])), test_x), test_y)
+        int8_log_probs = checks.predict_all(ort_fn(checks.session(int8, [checks.CPU])), test_x)
+        card8["test_metrics"] = checks.metrics(int8_log_probs, test_y)
+        card8["bundle"] = dict(card["bundle"], metrics=checks.metrics(int8_log_probs[:n], test_y[:n]))
         files.append(_write(int8, card8))
         out(f"INT8 ({how}): test {_fmt(card8['test_metrics'])}")
-    return {"files": [str(f) for f in files], "card": card, "seconds": round(time.time() - started, 1),
-            "example": test_x[:2]}
+    return {"files": [str(f) for f in files], "bundle": str(bundle_path), "card": card,
+            "seconds": round(time.time() - started, 1), "example": test_x[:2]}
 
 
 def _is_dense(graph: torch.nn.Module) -> bool:

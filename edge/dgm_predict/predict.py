@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm_predict import images
+from dgm_predict import bundle, images
 from dgm_predict.card import from_metadata
 
 
@@ -187,6 +187,9 @@ class Predictor:
                                f"{want.get('name')!r} of shape [N, {', '.join(map(str, self.shape))}] and output "
                                f"'log_probs'; the graph: inputs {graph}, outputs {sorted(outputs)}); export it again")
 
+    def log_probs(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(["log_probs"], {self.card["input"]["name"]: pixels})[0]
+
     def predict(self, pixels: np.ndarray, top: int = 3) -> list[dict]:
         outputs = dict(zip([o.name for o in self.session.get_outputs()],
                            self.session.run(None, {self.card["input"]["name"]: pixels}), strict=True))
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dgm-predict",
                                      description="Classify images with a dgm-dist ONNX model (numpy + onnxruntime).")
     parser.add_argument("model", help="an .onnx file written by dgm-dist export")
-    parser.add_argument("inputs", nargs="+", help="images (PNG; JPEG and others with Pillow), .npy arrays (one image "
+    parser.add_argument("inputs", nargs="*", help="images (PNG; JPEG and others with Pillow), .npy arrays (one image "
                                                   "or a batch), directories of them, or glob patterns")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image or position (default 3)")
     parser.add_argument("--no-resize", action="store_true",
@@ -220,17 +223,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", help="ONNX Runtime provider: cpu, cuda, tensorrt, ... (default: every "
                                            "available one, in ONNX Runtime's order)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    parser.add_argument("--check", metavar="BUNDLE", type=Path,
+                        help="check accuracy on the labelled test bundle dgm-dist export wrote beside the model "
+                             f"({bundle.BUNDLE_NAME}) against the card, and time batches of 1 and 64")
+    parser.add_argument("--tolerance", type=float, default=bundle.TOLERANCE_POINTS,
+                        help="--check: allowed difference from the card's metrics, in points (default %(default)s)")
+    parser.add_argument("--benchmark", action="store_true", help="time batches of 1 and 64 images")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="--check, --benchmark: time each batch size for about this long (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if not args.inputs and not args.check and not args.benchmark:
+        parser.error("give images or arrays to classify, --check BUNDLE or --benchmark")
     try:
         predictor = Predictor(Path(args.model), args.threads, args.provider)
+        if args.check or args.benchmark:
+            return _measure(predictor, args)
         method = predictor.card.get("resize")
         results = []
         for path in images.expand(args.inputs):
             pixels = load_input(path, predictor.shape, not args.no_resize, args.decoder, method)
             for j, r in enumerate(predictor.predict(pixels, max(1, args.top))):
                 results.append({"input": str(path) if len(pixels) == 1 else f"{path}[{j}]", **r})
-    except (PredictError, images.InputError) as e:
+    except (PredictError, images.InputError, bundle.BundleError) as e:
         print(f"dgm-predict: error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -243,6 +258,30 @@ def main(argv: list[str] | None = None) -> int:
         label = " ".join(r["prediction"]) if isinstance(r["prediction"], list) else r["prediction"]
         print(f"{r['input']}: {label}    ({shown})")
     return 0
+
+
+def _measure(predictor: Predictor, args) -> int:
+    """--check BUNDLE and --benchmark: exit 0, or 1 when the bundle's metrics differ from the card's."""
+    if args.check:
+        report = bundle.check(predictor, args.check, args.tolerance, args.seconds)
+    else:
+        report = {"provider": predictor.session.get_providers()[0],
+                  "latency": bundle.benchmark(predictor, seconds=args.seconds)}
+    if args.json:
+        print(json.dumps({"model": predictor.card["model"], **report}, indent=2))
+    else:
+        if args.check:
+            got = ", ".join(f"{k} {100 * v:.2f} %" for k, v in report["metrics"].items())
+            card = report["card_bundle_metrics"] or {}
+            print(f"{report['bundle']}: {report['examples']} images on {report['provider']}: {got}; at export "
+                  + (", ".join(f"{k} {100 * v:.2f} %" for k, v in card.items()) or "not recorded")
+                  + (f" -> {'PASS' if report['passed'] else 'FAIL'} (difference {report['difference_points']} "
+                     f"points, allowed {args.tolerance})" if report["difference_points"] is not None
+                     else f" -> FAIL ({report.get('why')})"))
+        for row in report["latency"]:
+            print(f"batch {row['batch']:>3}: {row['ms']:.2f} ms, {row['images_per_s']:.0f} images/s "
+                  f"({report['provider']})")
+    return 0 if report.get("passed", True) else 1
 
 
 if __name__ == "__main__":
