@@ -40,6 +40,9 @@ EXAMPLES = {
     "export": "  dgm-dist export rnn-spn-seq3-cpu-20261126-101500            # a run name (its latest checkpoint)\n"
               "  dgm-dist export --study spn_downsample_cpu --quantize int8  # the study's best trial\n"
               "  dgm-dist export 6ca2b55feaf348018f914a2c35bb45ed --aux mean # an MLflow run id; a = mean of q(a|x)",
+    "fetch": "  dgm-dist fetch models:/dgm-rnn-spn-cluttered-fashion-mnist@champion --out device/\n"
+             "  dgm-dist fetch dgm-mlp-fashion-mnist --out device/          # its champion\n"
+             "  dgm-dist fetch models:/dgm-mlp-fashion-mnist/3 --out device/ # version 3",
     "runs orphans": "  dgm-dist runs orphans\n  dgm-dist runs orphans --set tracking.experiment=dgm-dist-pipeline",
     "validate": "  dgm-dist validate runs/exports/RUN/model.onnx\n"
                 "  dgm-dist validate runs/exports/RUN/model.int8.onnx --int8-max-drop 1.0 --json\n"
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dgm-dist {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (_add_data, _add_config, _add_train, _add_evaluate, _add_tune, _add_pipeline, _add_export,
-                _add_runs, _add_validate, _add_doctor):
+                _add_fetch, _add_runs, _add_validate, _add_doctor):
         add(commands)
     return parser
 
@@ -257,6 +260,18 @@ def _add_export(commands) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files")
     _add_set_and_json(p)
     p.set_defaults(func=cmd_export)
+
+
+def _add_fetch(commands) -> None:
+    p = commands.add_parser("fetch", help="copy a registered model, its card and test bundle into a directory",
+                            formatter_class=_formatter, epilog="examples:\n" + EXAMPLES["fetch"],
+                            description="Copy a registered model (by alias, version, or its champion) from MLflow "
+                                        "into DIR: model.onnx, model_card.json and test_bundle.npz, for "
+                                        "`dgm-predict DIR/model.onnx --check DIR/test_bundle.npz` on a device.")
+    p.add_argument("model", metavar="MODEL", help="models:/NAME@ALIAS, models:/NAME/VERSION, or NAME (its champion)")
+    p.add_argument("--out", metavar="DIR", required=True, help="directory to write the files into")
+    _add_set_and_json(p)
+    p.set_defaults(func=cmd_fetch)
 
 
 def _add_runs(commands) -> None:
@@ -437,6 +452,23 @@ def cmd_evaluate(args) -> dict:
     if not args.json:
         for k, v in result["metrics"].items():
             print(f"{k:<28} {v}")
+    return result
+
+
+def cmd_fetch(args) -> dict:
+    from dgm_dist.config import load_config
+    from dgm_dist.tracking import check_reachable, resolve_uri
+
+    cfg = load_config(overrides=args.overrides)
+    uri = resolve_uri(cfg.tracking)
+    check_reachable(uri)
+    from dgm_dist.export.fetch import fetch_model
+
+    result = fetch_model(uri, args.model, Path(args.out))
+    if not args.json:
+        print(f"{result['model_uri']} ({', '.join(f'{k} {100 * v:.2f} %' for k, v in result['test_metrics'].items())})"
+              f" -> {', '.join(result['files'].values())}"
+              + ("" if result["bundle"] else "; no test bundle (exported before bundles existed)"))
     return result
 
 

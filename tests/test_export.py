@@ -330,6 +330,21 @@ def test_registry_versions_and_the_champion_alias(root, data_dir, capsys, shared
     run_tags = client.get_run(results[1]["registered"][0]["run_id"]).data.tags
     assert run_tags["dgm.checkpoint"] == results[1]["checkpoint"]
 
+    # from the registry to the device: the champion's files, then the device's own check of them
+    code, fetched, err = run(capsys, "fetch", "mnist-mlp", "--out", str(tmp_path / "device"), *common[:2])
+    assert code == 0 and fetched["version"] == "2" and fetched["bundle"], err
+    assert sorted(p.name for p in (tmp_path / "device").iterdir()) == ["model.onnx", "model_card.json",
+                                                                       "test_bundle.npz"]
+    assert json.loads((tmp_path / "device" / "model_card.json").read_text())["source"]["checkpoint"] == \
+        results[1]["checkpoint"]
+    from dgm_predict.predict import main as dgm_predict
+
+    assert dgm_predict([str(tmp_path / "device" / "model.onnx"), "--check", str(tmp_path / "device" /
+                        "test_bundle.npz"), "--seconds", "0.05", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"]
+    code, _, err = run(capsys, "fetch", "models:/mnist-mlp@nobody", "--out", str(tmp_path / "x"), *common[:2])
+    assert code == 2 and "models:/mnist-mlp@nobody: not in the registry" in err and not (tmp_path / "x").exists()
+
 
 @pytest.mark.parametrize("args, message", [
     (["export"], "either a RUN"),

@@ -36,7 +36,7 @@ def export_and_register(checkpoint: Path, options: ExportOptions, source: dict[s
         int8 = ".int8." in path.name
         card_path = path.with_name("model.int8.card.json" if int8 else "model_card.json")
         reg = register(uri, experiment, path, json.loads(card_path.read_text()), example,
-                       name + ("-int8" if int8 else ""), run_name, [card_path])
+                       name + ("-int8" if int8 else ""), run_name, [card_path, Path(result["bundle"])])
         result["registered"].append(reg)
         out(f"registered {reg['registered_model']} version {reg['version']}: "
             + ("alias champion (" + reg["champion_reason"] + ")" if reg["champion"] else reg["champion_reason"]))
