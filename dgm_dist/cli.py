@@ -205,11 +205,15 @@ def _add_tune(commands) -> None:
                                         "run per trial, scheduled by ASHA, each trial a child of the study's "
                                         "MLflow run; the best trial is printed and logged. `dgm-dist tune "
                                         "report STUDY` writes the trials table and the study's plot again.")
-    p.add_argument("target", metavar="STUDY_YAML | report", help="a study file, or `report` followed by a study name")
+    p.add_argument("target", metavar="STUDY_YAML | report",
+                   help="a study file or a bundled study's name, or `report` followed by a study name")
     p.add_argument("study", nargs="?", metavar="STUDY", help="with `report`: the study's name")
     p.add_argument("--samples", type=int, metavar="N", help="repeats of the grid / random draws (default: the file's)")
     p.add_argument("--concurrent", type=int, metavar="K", help="trials at a time (default: as resources allow)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--name", metavar="NAME", help="run the study under this name instead of the file's")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the trial plan, the resources per trial and the concurrency; start nothing")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     _add_set_and_json(p)
@@ -485,6 +489,27 @@ def cmd_runs_orphans(args) -> dict:
     return {"experiment": cfg.tracking.experiment, "tracking_uri": uri, "ended": ended}
 
 
+def _print_plan(p: dict, as_json: bool) -> dict:
+    if as_json:
+        return p
+    r = p["resources_per_trial"]
+    sched = ", ".join(f"{k} {v}" for k, v in p["scheduler"].items() if k != "type")
+    print(f"study {p['study']} ({p['file']}): base {p['base']}, {p['metric']} ({p['mode']}), "
+          f"{p['scheduler']['type']} ({sched})")
+    print(f"{p['trials']} trials = {len(p['grid'])} grid point(s) x {p['samples']} sample(s)"
+          + (f"; sampled each trial: {', '.join(f'{k} {v}' for k, v in p['sampled'].items())}" if p["sampled"] else ""))
+    for i, point in enumerate(p["grid"][:20], 1):
+        print(f"  {i:>3}. " + (", ".join(f"{k}={v}" for k, v in point.items()) or "(no grid parameters)"))
+    if len(p["grid"]) > 20:
+        print(f"  ... and {len(p['grid']) - 20} more grid points")
+    print(f"per trial: {r['workers']} worker(s), {r['cpus']:g} CPU(s), {r['gpus']:g} GPU(s); {p['concurrent']} at a "
+          f"time ({p['fits_here']} fit on this machine) -> {p['waves']} wave(s) of at most "
+          f"{p['max_epochs_per_trial']} epochs; at most {p['max_trial_epochs']} trial-epochs"
+          + (" (ASHA stops most trials earlier)" if p["scheduler"]["type"] == "asha" else ""))
+    print("nothing was started (--dry-run)")
+    return p
+
+
 def cmd_tune(args) -> dict:
     from dgm_dist.config import load_config
     from dgm_dist.tracking import resolve_uri
@@ -514,7 +539,12 @@ def cmd_tune(args) -> dict:
         import os
 
         os.environ["RAY_ADDRESS"] = args.address
-    study = load_study(args.target, samples=args.samples, concurrent=args.concurrent, overrides=args.overrides)
+    study = load_study(args.target, samples=args.samples, concurrent=args.concurrent, overrides=args.overrides,
+                       name=args.name)
+    if args.dry_run:
+        from dgm_dist.tuning.space import plan
+
+        return _print_plan(plan(study), args.json)
     out = say
     result = run_study(study, resume=args.resume, verbose=args.verbose, out=out)
     summary = {"study": result.name, "parent_run_id": result.parent_run_id, "tracking_uri": result.tracking_uri,
@@ -523,7 +553,8 @@ def cmd_tune(args) -> dict:
                           {study.metric: t["metrics"].get(study.metric), "epochs": t["metrics"].get("epoch")}
                           for t in result.trials]}
     if result.interrupted:
-        print(f"study {result.name} interrupted; its state is saved: dgm-dist tune {args.target} --resume "
+        print(f"study {result.name} interrupted; its state is saved: dgm-dist tune {args.target}"
+              f"{' --name ' + args.name if args.name else ''} --resume "
               f"continues it", file=sys.stderr)
         raise KeyboardInterrupt
     if not args.json:

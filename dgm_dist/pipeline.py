@@ -30,10 +30,10 @@ DESCRIPTIONS = {"quick": "small studies on Fashion-MNIST, about 8 minutes on 2 C
 
 
 def spaces_dir() -> Path:
-    """`tune_spaces/` of the source tree this package runs from (an editable install or a clone);
-    else of the working directory."""
-    here = Path(__file__).resolve().parents[1] / "tune_spaces"
-    return here if here.is_dir() else Path("tune_spaces").resolve()
+    """The bundled studies: `dgm_dist/tune_spaces/`, package data of any install."""
+    from dgm_dist.tuning.space import BUNDLED
+
+    return BUNDLED
 
 
 @dataclass

@@ -116,3 +116,43 @@ def test_a_base_parameter_gives_each_trial_its_presets_settings(monkeypatch):
 
     assert key(cnn) == ("cnn_spn", (96, 96, 96), None, 3.0) and key(rnn) == ("rnn_spn", (32, 32, 32), 1.0, 1.0)
     assert cnn.optim.epochs == rnn.optim.epochs == 300 and cnn.scaling.gpus_per_worker == 0.5
+
+
+def test_a_bundled_study_resolves_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                  # no tune_spaces/ here
+    study = load_study("lvae_warmup_bn_cpu")
+    assert study.name == "lvae_warmup_bn_cpu" and study.path.parent.name == "tune_spaces"
+    assert load_study("quick_ssl.yaml").name == "quick_ssl"
+    with pytest.raises(ConfigError, match=r"nonesuch: no such study file, nor a bundled study \(bundled: .*quick_ssl"):
+        load_study("nonesuch")
+    with pytest.raises(ConfigError, match="config file sub/nonesuch.yaml not found"):
+        load_study("sub/nonesuch.yaml")                           # a path is never looked up as a name
+
+
+def test_a_study_runs_under_another_name_with_name(tmp_path):
+    assert load_study(write(tmp_path, BASE), name="s-again").name == "s-again"
+    with pytest.raises(ConfigError, match=r"'study \(--name\)': '\.\.': use letters"):
+        load_study(write(tmp_path, BASE), name="..")
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    import json
+
+    from dgm_dist.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    doc = {**BASE, "parameters": {"optim.lr": {"grid": [0.001, 0.01]}, "model.hidden": {"grid": [[8], [16]]},
+                                  "optim.batch_size": {"choice": [25, 50]}},
+           "samples": 2, "resources": {"workers": 1, "cpus_per_worker": 1}}
+    path = write(tmp_path, doc)
+    assert main(["tune", str(path), "--dry-run", "--concurrent", "2", "--name", "planned"]) == 0
+    out = capsys.readouterr().out
+    assert "study planned" in out and "8 trials = 4 grid point(s) x 2 sample(s)" in out
+    assert "sampled each trial: optim.batch_size {'choice': [25, 50]}" in out
+    assert "    4. model.hidden=[16], optim.lr=0.01" in out          # safe_dump sorts the keys
+    assert "per trial: 1 worker(s), 1 CPU(s), 0 GPU(s); 2 at a time" in out and "4 wave(s) of at most 4 epochs" in out
+    assert "nothing was started (--dry-run)" in out
+    assert main(["tune", str(path), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["trials"] == 8 and len(plan["grid"]) == 4 and plan["max_trial_epochs"] == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]          # no runs/, no Ray, no MLflow

@@ -35,6 +35,7 @@ from dgm_dist.errors import ConfigError
 from dgm_dist.models.registry import model_spec
 from dgm_dist.training.resources import shortfall
 
+BUNDLED = Path(__file__).resolve().parents[1] / "tune_spaces"      # package data (pyproject.toml)
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")
 TOP_KEYS = ("study", "description", "base", "set", "parameters", "metric", "mode", "scheduler", "samples",
@@ -148,11 +149,27 @@ def _parameter(path, key: str, spec: Any, base: Config, overrides: list[str]) ->
     return Parameter(key, kind, tuple(values))
 
 
+def bundled() -> list[str]:
+    return sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+
+
+def resolve(target: str | Path) -> Path:
+    """A study file, or the name of a bundled study (`lvae_warmup_bn_cpu`, from any directory)."""
+    path = Path(target)
+    if path.exists() or len(path.parts) > 1:
+        return path
+    candidate = BUNDLED / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"{target}: no such study file, nor a bundled study (bundled: {', '.join(bundled())})")
+
+
 def load_study(path: str | Path, samples: int | None = None, concurrent: int | None = None,
-               overrides: list[str] = ()) -> Study:
-    """Read and check a study file; `samples` and `concurrent` override the file's, `overrides`
-    (`--set k=v`, e.g. tracking.root) apply to every trial's config after the file's `set`."""
-    path = Path(path)
+               overrides: list[str] = (), name: str | None = None) -> Study:
+    """Read and check a study file (or a bundled study's name); `samples` and `concurrent` override
+    the file's, `overrides` (`--set k=v`, e.g. tracking.root) apply to every trial's config after the
+    file's `set`, and `name` runs it under another study name."""
+    path = resolve(path)
     doc = read_yaml(path)
     unknown = sorted(set(doc) - set(TOP_KEYS))
     if unknown:
@@ -160,9 +177,10 @@ def load_study(path: str | Path, samples: int | None = None, concurrent: int | N
     for required in ("base", "parameters"):
         if required not in doc:
             raise _fail(path, required, "missing; a study needs a base preset and its parameters")
-    name = str(doc.get("study") or path.stem)
+    key = "study (--name)" if name else "study"
+    name = str(name or doc.get("study") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or set(name) == {"."}:
-        raise _fail(path, "study", f"{name!r}: use letters, digits, '-', '_' and '.' (it names directories)")
+        raise _fail(path, key, f"{name!r}: use letters, digits, '-', '_' and '.' (it names directories)")
     fixed = [f"{k}={_as_override(v)}" for k, v in _mapping(doc.get("set"), path, "set").items()] + list(overrides)
     try:
         preset, model = preset_or_model(str(doc["base"]))
@@ -331,3 +349,19 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
     grid = [p for p in study.parameters if p.kind == "grid"]
     return [dict(zip([p.key for p in grid], combo, strict=True)) for combo in
             itertools.product(*(p.values for p in grid))]
+
+
+def plan(study: Study) -> dict[str, Any]:
+    """What `dgm-dist tune FILE` would run, without starting Ray (`--dry-run`)."""
+    grid = grid_points(study)
+    sampled = {p.key: {p.kind: list(p.values)} for p in study.parameters if p.kind != "grid"}
+    per_trial = {"workers": study.resources["workers"],
+                 "cpus": study.resources["workers"] * study.resources["cpus_per_worker"],
+                 "gpus": study.resources["workers"] * study.resources["gpus_per_worker"]}
+    trials = study.trials_planned()
+    return {"study": study.name, "file": str(study.path), "base": study.base, "metric": study.metric,
+            "mode": study.mode, "scheduler": study.scheduler, "trials": trials, "samples": study.samples,
+            "grid": grid, "sampled": sampled, "resources_per_trial": per_trial,
+            "concurrent": min(study.concurrent, trials), "fits_here": _trials_that_fit(study.resources),
+            "max_epochs_per_trial": study.max_epochs, "max_trial_epochs": trials * study.max_epochs,
+            "waves": math.ceil(trials / max(1, min(study.concurrent, trials)))}
