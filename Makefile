@@ -3,26 +3,33 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OUT ?= outputs
 
-.PHONY: setup fashion-mnist run test test-fast lint clean
+.PHONY: setup fashion-mnist run test test-fast lint clean clean-runs
 
 setup: $(VENV)/.installed
 
-# torch is installed first and pinned, so that no CUDA build is pulled on a CPU machine.
+# torch is installed first and pinned. PyPI's torch==2.13.0 for Linux is the CUDA build (several GB);
+# on a CPU-only machine set TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU wheel.
+TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[cpu,test]'
 	touch $@
 
-# The real dataset of this project's tests and quick runs: Debian's dataset-fashion-mnist.
-fashion-mnist:
+# The real dataset of this project's tests and quick runs: Debian's dataset-fashion-mnist, installed
+# by apt as root; anyone else (or a machine without apt) gets the same files from the canonical
+# mirror, checked against their published MD5s, by `dgm-dist data prepare`. Never sudo.
+fashion-mnist: setup
 	@if [ ! -f $(FASHION) ]; then \
-	  command -v apt-get >/dev/null || { echo "Fashion-MNIST is missing: install Debian's dataset-fashion-mnist or set DGM_DATA_DIR"; exit 1; }; \
-	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+	  else \
+	    echo "Fashion-MNIST is not in /usr/share/datasets: downloading it (MD5-checked) with dgm-dist data prepare"; \
+	    $(VENV)/bin/dgm-dist data prepare fashion-mnist; \
+	  fi; \
 	fi
 
 # The main job on the embedded default (a local Ray started for each study, MLflow in runs/mlflow.db):
@@ -41,5 +48,9 @@ test-fast: setup fashion-mnist lint
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Keeps runs/ (every run, checkpoint, export and the MLflow registry); `make clean-runs` removes it.
 clean:
-	rm -rf $(VENV) $(OUT) runs .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache
+
+clean-runs:
+	rm -rf runs

@@ -4,6 +4,8 @@ the repository, and every #anchor a heading of that file (GitHub's slugs)."""
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -42,3 +44,24 @@ def test_the_readme_stays_a_door_and_no_comment_cites_notes_outside_the_reposito
              if p.is_file() for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"(?<!docs/)\b(papers|stack|DESIGN)\.md\b", line)]
     assert not cited, cited
+
+
+def test_the_makefile_never_sudoes_and_clean_keeps_the_runs():
+    import shutil
+    import subprocess
+
+    if not shutil.which("make"):
+        pytest.fail("make is needed: the README's two set-up commands are make targets")
+
+    def dry(*targets):
+        done = subprocess.run(["make", "-n", "-B", *targets, "VENV=/nonexistent-venv"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    data = dry("fashion-mnist")
+    assert "sudo" not in data and "dgm-dist data prepare fashion-mnist" in data and "apt-get install" in data
+    clean = dry("clean")
+    assert "rm -rf" in clean and "runs" not in clean.split()
+    assert dry("clean-runs").split() == ["rm", "-rf", "runs"]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in dry("setup", "TORCH_INDEX=https://download.pytorch.org/whl/cpu")
