@@ -73,10 +73,24 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def _add_set_and_json(p: argparse.ArgumentParser, what: str = "tracking settings") -> None:
+def _add_set_and_json(p: argparse.ArgumentParser, what: str = "tracking settings (tracking.*)") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=f"{what}, e.g. --set tracking.root=DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _tracking_config(args):
+    """The config of a command whose --set takes tracking settings only (the model, data and
+    training settings come from the run's checkpoint): any other key is refused, not ignored."""
+    from dgm_dist.config import load_config
+
+    for item in args.overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith("tracking."):
+            raise DgmError(f"--set {item}: `{args.command}` takes tracking settings only (tracking.root, "
+                           f"tracking.tracking_uri, tracking.experiment, ...); the run's own settings come from "
+                           f"its checkpoint")
+    return load_config(overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,10 +341,9 @@ def _add_doctor(commands) -> None:
 
 def cmd_doctor(args) -> dict:
     from dgm_dist import doctor
-    from dgm_dist.config import load_config
     from dgm_dist.tracking import resolve_uri
 
-    checks = doctor.run(args.data_dir, resolve_uri(load_config(overrides=args.overrides).tracking))
+    checks = doctor.run(args.data_dir, resolve_uri(_tracking_config(args).tracking))
     if not args.json:
         width = max(len(c.name) for c in checks)
         for c in checks:
@@ -440,14 +453,13 @@ def cmd_train(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from dgm_dist.config import load_config
     from dgm_dist.tracking import log_evaluation, resolve_uri
     from dgm_dist.training.launcher import storage_path
     from dgm_dist.training.reevaluate import evaluate_run, find_checkpoint
 
     if any(v is not None and v < 1 for v in (args.iw_samples, args.batch_size, args.examples)):
         raise DgmError("--iw-samples, --batch-size and --examples must be >= 1")
-    cfg = load_config(overrides=args.overrides)
+    cfg = _tracking_config(args)
     uri = resolve_uri(cfg.tracking)
     checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
     out = say
@@ -460,10 +472,9 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_fetch(args) -> dict:
-    from dgm_dist.config import load_config
     from dgm_dist.tracking import check_reachable, resolve_uri
 
-    cfg = load_config(overrides=args.overrides)
+    cfg = _tracking_config(args)
     uri = resolve_uri(cfg.tracking)
     check_reachable(uri)
     from dgm_dist.export.fetch import fetch_model
@@ -477,10 +488,9 @@ def cmd_fetch(args) -> dict:
 
 
 def cmd_runs_orphans(args) -> dict:
-    from dgm_dist.config import load_config
     from dgm_dist.tracking import end_orphaned_runs, resolve_uri
 
-    cfg = load_config(overrides=args.overrides)
+    cfg = _tracking_config(args)
     uri = resolve_uri(cfg.tracking)
     ended = end_orphaned_runs(uri, cfg.tracking.experiment)
     if not args.json:
@@ -511,7 +521,6 @@ def _print_plan(p: dict, as_json: bool) -> dict:
 
 
 def cmd_tune(args) -> dict:
-    from dgm_dist.config import load_config
     from dgm_dist.tracking import resolve_uri
 
     if args.target == "report":
@@ -519,7 +528,7 @@ def cmd_tune(args) -> dict:
 
         if not args.study:
             raise DgmError("usage: dgm-dist tune report STUDY (the study's name, e.g. lvae_warmup_bn_cpu)")
-        cfg = load_config(overrides=args.overrides)
+        cfg = _tracking_config(args)
         report = write_report(args.study, resolve_uri(cfg.tracking), cfg.tracking.experiment,
                               Path(cfg.tracking.root) / "studies")
         if not args.json:
@@ -569,7 +578,6 @@ def cmd_tune(args) -> dict:
 
 
 def cmd_export(args) -> dict:
-    from dgm_dist.config import load_config
     from dgm_dist.tracking import check_reachable, resolve_uri
     from dgm_dist.training.reevaluate import trained_source
 
@@ -577,7 +585,7 @@ def cmd_export(args) -> dict:
         raise DgmError("give either a RUN (checkpoint directory, run name or MLflow run id) or --study STUDY")
     if args.aux_samples is not None and args.aux_samples < 1:
         raise DgmError("--aux-samples must be >= 1")
-    cfg = load_config(overrides=args.overrides)
+    cfg = _tracking_config(args)
     uri = resolve_uri(cfg.tracking)
     if not args.no_register:
         check_reachable(uri)

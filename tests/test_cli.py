@@ -97,6 +97,19 @@ def test_a_refused_export_writes_nothing(capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []                      # no runs/, no MLflow store
 
 
+@pytest.mark.parametrize("argv", [
+    ["export", "RUN"], ["evaluate", "RUN"], ["fetch", "NAME", "--out", "d"], ["runs", "orphans"], ["doctor"],
+    ["tune", "report", "STUDY"],
+])
+def test_a_set_key_a_command_would_ignore_is_refused(capsys, tmp_path, monkeypatch, argv):
+    """These commands take the run's own settings from its checkpoint: --set model.* would do nothing."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--set", "model.hidden=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"--set model.hidden=5: `{argv[0]}` takes tracking settings only" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []                      # refused before anything is written
+
+
 def test_split_and_aux_samples_are_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["data", "inspect", "fashion-mnist", "--split", "tset"])
