@@ -36,6 +36,7 @@ EXAMPLES = {
             "  dgm-dist tune report lvae_warmup_bn_cpu                      # table and plot again",
     "pipeline": "  dgm-dist pipeline                                  # quick: about 8 minutes on 2 cores\n"
                 "  dgm-dist pipeline --models ssl,spn --json\n"
+                "  dgm-dist pipeline --resume pipeline-quick-20261201-123348   # after Ctrl-C, SIGTERM, a crash\n"
                 "  dgm-dist pipeline --preset paper --address auto     # on a GPU cluster (ray submit)",
     "export": "  dgm-dist export rnn-spn-seq3-cpu-20261126-101500            # a run name (its latest checkpoint)\n"
               "  dgm-dist export --study spn_downsample_cpu --quantize int8  # the study's best trial\n"
@@ -242,12 +243,15 @@ def _add_pipeline(commands) -> None:
                                         "classifiers to ONNX, validate them with ONNX Runtime, register them in "
                                         "MLflow, and write report.md (tables and plots), logged to the "
                                         "pipeline's MLflow run. Prints a summary table at the end.")
-    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
-                   help="quick: small studies, about 8 minutes on 2 CPU cores; paper: the papers' studies on a "
-                        "GPU cluster")
-    p.add_argument("--models", default="ssl,lvae,spn", metavar="LIST", help="families to run (default: ssl,lvae,spn)")
+    p.add_argument("--preset", choices=["quick", "paper"],
+                   help="quick (default): small studies, about 8 minutes on 2 CPU cores; paper: the papers' studies "
+                        "on a GPU cluster")
+    p.add_argument("--models", metavar="LIST", help="families to run (default: ssl,lvae,spn)")
     p.add_argument("--study-file", action="append", default=[], metavar="FAMILY=FILE",
                    help="use this study file for a family instead of the preset's (repeatable)")
+    p.add_argument("--resume", metavar="NAME",
+                   help="continue the interrupted pipeline NAME (e.g. pipeline-quick-20261201-123348) with the "
+                        "settings it started with: finished studies are kept, an unfinished one resumes")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
     _add_set_and_json(p, "applied to every trial")
     p.set_defaults(func=cmd_pipeline)
@@ -633,15 +637,21 @@ def cmd_pipeline(args) -> dict:
         import os
 
         os.environ["RAY_ADDRESS"] = args.address
+    if args.resume:
+        given = [f for f, v in (("--preset", args.preset), ("--models", args.models),
+                                ("--study-file", args.study_file)) if v]
+        if given or any(not o.startswith("tracking.") for o in args.overrides):
+            raise DgmError(f"--resume {args.resume} continues with the settings the pipeline started with; drop "
+                           f"{', '.join(given) or 'the --set keys other than tracking.*'}")
     files = {}
     for item in args.study_file:
         family, sep, path = item.partition("=")
         if not sep or not path:
             raise DgmError(f"--study-file {item!r}: write FAMILY=FILE, e.g. ssl=tune_spaces/quick_ssl.yaml")
         files[family] = path
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in (args.models or "ssl,lvae,spn").split(",") if m.strip()]
     out = say
-    result = run_pipeline(args.preset, models, files, args.overrides, out=out)
+    result = run_pipeline(args.preset or "quick", models, files, args.overrides, out=out, resume=args.resume)
     rows = summary_rows(result)
     if not args.json:
         print(format_table(rows))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dgm_dist.errors import ConfigError
+from dgm_dist.fileio import atomic_write
 
 FAMILIES = ("ssl", "lvae", "spn")
 CLASSIFIERS = ("ssl", "spn")            # LVAE studies report a likelihood; there is no classifier to export
@@ -81,57 +82,116 @@ def study_files(preset: str, models: list[str], files: dict[str, str]) -> dict[s
 
 
 def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dict[str, str] | None = None,
-                 overrides: list[str] = (), export_options: dict[str, Any] | None = None,
-                 out=print) -> PipelineResult:
-    """Run the studies one after another, then export, validate and register their best classifiers."""
-    from dgm_dist.tracking import RunTracker, check_reachable, resolve_uri, tracked_run
+                 overrides: list[str] = (), out=print, resume: str | None = None) -> PipelineResult:
+    """Run the studies one after another, then export, validate and register their best classifiers.
+    `resume`: the name of an interrupted pipeline, continued from its state file with the settings it
+    started with: finished families are kept, an unfinished study resumes from Tune's state."""
+    from dgm_dist.config import load_config
+    from dgm_dist.tracking import RESUME_TAG, RunTracker, check_reachable, resolve_uri, tracked_run
     from dgm_dist.tuning.space import load_study
     from dgm_dist.tuning.study import run_study
 
     started = time.time()
+    state = _load_state(Path(load_config(overrides=list(overrides)).tracking.root), resume) if resume else None
+    if state:
+        preset, models, files, overrides = state["preset"], state["models"], state["files"], state["overrides"]
     paths = study_files(preset, list(models), files or {})
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = state["stamp"] if state else time.strftime("%Y%m%d-%H%M%S")
     name = f"pipeline-{preset}-{stamp}"
     studies = {f: load_study(p, overrides=list(overrides)) for f, p in paths.items()}   # all checked first
     cfg = next(iter(studies.values())).base_config
     uri = resolve_uri(cfg.tracking)
     check_reachable(uri)
     root = Path(cfg.tracking.root)
+    state = state or {"name": name, "preset": preset, "models": list(paths), "stamp": stamp,
+                      "files": {f: str(p) for f, p in (files or {}).items()}, "overrides": list(overrides),
+                      "seconds": 0.0, "families": {}}
+    state_path = _state_path(root, name)
+    _save_state(state_path, state)
     tracker = RunTracker(uri, cfg.tracking.experiment, name, root,
                          {"pipeline.preset": preset, "pipeline.models": ",".join(paths),
                           **{f"pipeline.study.{f}": str(p) for f, p in paths.items()}},
-                         tags={"dgm.pipeline": name})
+                         tags={"dgm.pipeline": name, RESUME_TAG: str(state_path)}, resume_key=str(state_path))
     result = PipelineResult(name, preset, tracker.run_id, uri, root / "pipelines" / name / "report.md")
     what = DESCRIPTIONS[preset] if not files else "with study files of your own"
-    out(f"{name}: {', '.join(paths)} ({what}); MLflow run {tracker.run_id}")
-    with tracked_run(tracker, "interrupted (SIGINT or SIGTERM)") as outcome:
-        for family, study in studies.items():
-            study = dataclasses.replace(study, name=f"{study.name}-{stamp}")   # never collides with an earlier run
-            fam = FamilyResult(family, study.name, metric=study.metric)
-            result.families.append(fam)
-            out(f"[{family}] study {study.name}: {study.trials_planned()} trials")
-            t = time.time()
-            done = run_study(study, out=out)
-            fam.parent_run_id, fam.best, fam.trials = done.parent_run_id, done.best, len(done.trials)
-            fam.seconds = time.time() - t
-            fam.report = str(root / "studies" / study.name / "report.md")
-            tracker.set_tags({f"dgm.study.{family}": done.parent_run_id})
-            if done.interrupted:
-                raise KeyboardInterrupt
-            if not done.best:
-                fam.error = "no trial finished"
-                continue
-            if family in CLASSIFIERS:
-                _export_and_validate(fam, uri, cfg, root / "exports" / name / family, export_options or {}, out)
-        result.seconds = time.time() - started
-        _write_report(result, root)
-        tracker.log_artifact(result.report.parent, "report")
-        tracker.client.log_batch(tracker.run_id, metrics=_summary_metrics(result))
-        outcome.status = "FINISHED" if result.passed else "FAILED"
+    out(f"{name}: {', '.join(paths)} ({what}); MLflow run {tracker.run_id}" + (" (resumed)" if resume else ""))
+    try:
+        with tracked_run(tracker, f"interrupted (SIGINT or SIGTERM); dgm-dist pipeline --resume {name}") as outcome:
+            for family, study in studies.items():
+                kept = state["families"].get(family)
+                if kept:                                   # finished in an earlier attempt: not run again
+                    result.families.append(FamilyResult(**kept))
+                    out(f"[{family}] study {kept['study']}: finished earlier, kept")
+                    continue
+                study = dataclasses.replace(study, name=f"{study.name}-{stamp}")   # never collides with another run
+                fam = FamilyResult(family, study.name, metric=study.metric)
+                result.families.append(fam)
+                again = resume is not None and _study_started(study)
+                out(f"[{family}] study {study.name}: {study.trials_planned()} trials" + (" (resumed)" if again else ""))
+                t = time.time()
+                done = run_study(study, resume=again, out=out)
+                fam.parent_run_id, fam.best, fam.trials = done.parent_run_id, done.best, len(done.trials)
+                fam.seconds = time.time() - t
+                fam.report = str(root / "studies" / study.name / "report.md")
+                tracker.set_tags({f"dgm.study.{family}": done.parent_run_id})
+                if done.interrupted:
+                    raise KeyboardInterrupt
+                if not done.best:
+                    fam.error = "no trial finished"
+                elif family in CLASSIFIERS:
+                    _export_and_validate(fam, uri, cfg, root / "exports" / name / family, out)
+                state["families"][family] = dataclasses.asdict(fam)
+                _save_state(state_path, state)
+            result.seconds = state["seconds"] + time.time() - started
+            _write_report(result, root)
+            tracker.log_artifact(result.report.parent, "report")
+            tracker.client.log_batch(tracker.run_id, metrics=_summary_metrics(result))
+            outcome.status = "FINISHED" if result.passed else "FAILED"
+    except KeyboardInterrupt:
+        state["seconds"] += time.time() - started
+        _save_state(state_path, state)
+        hint = "".join(f" --set {o}" for o in overrides if o.startswith("tracking."))
+        out(f"pipeline {name} interrupted; its state is saved: dgm-dist pipeline --resume {name}{hint} continues it")
+        raise
     return result
 
 
-def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, options: dict, out) -> None:
+STATE_FILE = "state.json"
+
+
+def _state_path(root: Path, name: str) -> Path:
+    return root / "pipelines" / name / STATE_FILE
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """After every finished family: what --resume keeps, and the settings it continues with."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(state, indent=2, default=str).encode()))
+
+
+def _load_state(root: Path, name: str) -> dict[str, Any]:
+    path = _state_path(root, name)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        there = sorted(p.parent.name for p in (root / "pipelines").glob(f"*/{STATE_FILE}"))
+        raise ConfigError(f"--resume {name}: no pipeline of that name under {root / 'pipelines'}"
+                          + (f" (there: {', '.join(there)})" if there else "")) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume {name}: its state file {path} is unreadable ({e})") from None
+
+
+def _study_started(study) -> bool:
+    """Whether Tune saved state for this study (an interrupted attempt got as far as starting it)."""
+    from ray import tune
+
+    from dgm_dist.tuning.study import study_dirs
+
+    experiment_dir = study_dirs(study)[0]
+    return "://" not in experiment_dir and tune.Tuner.can_restore(experiment_dir)
+
+
+def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, out) -> None:
     from dgm_dist.export.exporter import ExportOptions
     from dgm_dist.export.publish import export_and_register
     from dgm_dist.export.validator import format_report, validate_model
@@ -140,7 +200,7 @@ def _export_and_validate(fam: FamilyResult, uri: str, cfg, out_dir: Path, option
 
     checkpoint = find_checkpoint(fam.best["checkpoint"], storage_path(cfg))
     source = {"mlflow_run_id": fam.best["run_id"], "study": fam.study, "trial": fam.best["trial_id"]}
-    exported = export_and_register(checkpoint, ExportOptions(out_dir, **options), source,
+    exported = export_and_register(checkpoint, ExportOptions(out_dir), source,
                                    lambda line: out(f"[{fam.family}] {line}"), (uri, cfg.tracking.experiment),
                                    run_name=f"export-{fam.study}")
     card, registered = exported["card"], exported["registered"][0]

@@ -3,6 +3,11 @@ best classifiers exported, validated by ONNX Runtime and registered, and the rep
 quick preset is the same code on Fashion-MNIST; this is its small version for CI.)"""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -36,13 +41,15 @@ def data_dir(tmp_path_factory):
 
 
 def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_path, data_dir, capsys):
+    """Interrupted (SIGTERM) inside its second study, then resumed by name: the first family is kept,
+    the second study resumes from Tune's state, the third runs; one MLflow run throughout."""
     mnist = {"data.dataset": "mnist", "data.data_dir": str(data_dir), "data.validation": 100}
     files = {
         "ssl": study(tmp_path, "tiny_ssl", "adgm", {**mnist, "data.labels": 100, "model.hidden": [16],
                                                       "model.latent": [4], "model.aux": 4, "model.eval_samples": 5},
                      {"model.name": {"grid": ["adgm", "sdgm"]}}, {"x": "model.name", "y": "test_error"}),
         "lvae": study(tmp_path, "tiny_lvae", "lvae", {**mnist, "model.hidden": [8, 8], "model.latent": [4, 2],
-                                                        "model.iw_samples": 2},
+                                                        "model.iw_samples": 2, "optim.epochs": 2},
                       {"optim.warmup_epochs": {"grid": [0]}}, {"x": "optim.warmup_epochs", "y": "test_iw_ll"},
                       metric="valid_iw_ll"),
         "spn": study(tmp_path, "tiny_spn", "cnn_spn", {"data.dataset": "cluttered-mnist", "data.data_dir":
@@ -52,14 +59,35 @@ def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_p
                      {"model.downsample": {"grid": [2, 3]}}, {"x": "model.downsample", "y": "test_per_digit_error"}),
     }
     root = tmp_path / "runs"
-    args = ["pipeline", "--set", f"tracking.root={root}", "--json"]
+    args = ["pipeline", "--set", f"tracking.root={root}"]
     for family, path in files.items():
         args += ["--study-file", f"{family}={path}"]
-    code = main(args)
+    proc = subprocess.Popen([sys.executable, "-m", "dgm_dist.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, in_lvae = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            in_lvae = in_lvae or line.startswith("[lvae] study")
+            if in_lvae and line.startswith("trial ") and " epoch 1:" in line:
+                proc.send_signal(signal.SIGTERM)          # inside the lvae study, its first trial half done
+                in_lvae = False
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert proc.returncode != 0 and "[lvae] study" in text, text[-3000:]
+    name = re.search(r"dgm-dist pipeline --resume (pipeline-quick-[0-9-]+) --set tracking.root=", text).group(1)
+    first_run = re.search(rf"{name}: .*MLflow run ([0-9a-f]+)", text).group(1)
+
+    code = main(["pipeline", "--resume", name, "--set", f"tracking.root={root}", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
+    assert "[ssl] study tiny_ssl-" in captured.err and "finished earlier, kept" in captured.err
+    assert re.search(r"\[lvae\] study tiny_lvae-\S+: 1 trials \(resumed\)", captured.err), captured.err[-3000:]
     summary = json.loads(captured.out)
-    assert summary["passed"]
+    assert summary["passed"] and summary["mlflow_run_id"] == first_run                  # one pipeline run
     rows = {r["family"]: r for r in summary["families"]}
     assert list(rows) == ["ssl", "lvae", "spn"] and all(r["trials"] >= 1 for r in rows.values())
     for family in ("ssl", "spn"):                           # the classifiers: exported, validated, registered
@@ -67,7 +95,7 @@ def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_p
         assert r["validated"] and Path(r["onnx"]).is_file() and r["ort_speedup_batch_1"] > 0
         name, version = r["registered"].split(" v")
         client = mlflow.MlflowClient(summary["tracking_uri"])
-        assert str(client.get_model_version_by_alias(name, "champion").version) == version
+        assert str(client.get_model_version_by_alias(name, "champion").version) == version == "1"  # exported once
     assert "onnx" not in rows["lvae"] and rows["lvae"]["test_metric"] == "test_iw_ll"
 
     report = Path(summary["report"])
