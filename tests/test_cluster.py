@@ -170,3 +170,45 @@ def test_ddp_across_two_nodes_matches_a_single_node_run(two_nodes, tmp_path):
     single = train(where="one")                                   # the embedded single-node Ray
     for k in ("test_error", "test_nll", "valid_error", "valid_nll", "train_loss"):
         assert spread["metrics"][k] == pytest.approx(single["metrics"][k], rel=1e-6), k
+
+
+# ---- Ray Jobs: the second way in (docs/cluster.md) ----------------------------------------------------
+@pytest.fixture
+def jobs_cluster(tmp_path):
+    """A head with the dashboard (Ray's job server) on 127.0.0.1 and a second raylet, 1 CPU each."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port, dashboard = _port(), _port()
+    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                "--disable-usage-stats", env=env)
+    assert head.returncode == 0, head.stderr
+    try:
+        worker = _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                      "--disable-usage-stats", env=env)
+        assert worker.returncode == 0, worker.stderr
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        _stop(port)
+
+
+@pytest.mark.slow
+def test_a_ray_job_trains_on_the_cluster_and_is_tracked(jobs_cluster, tmp_path):
+    import mlflow
+
+    url, env = jobs_cluster
+    data = write_mnist_dir(tmp_path / "mnist", n_train=300, n_test=80)
+    root = tmp_path / "runs"
+    entry = [sys.executable, "-m", "dgm_dist.cli", "train", "mlp", "--dataset", "mnist", "--data-dir", str(data),
+             "--workers", "1", "--epochs", "1", "--run-name", "from-a-job", "--set", "data.validation=100",
+             "--set", "model.hidden=16", "--set", f"tracking.root={root}"]
+    submitted = _ray("job", "submit", "--address", url, "--submission-id", "dgm-job-1", "--no-wait", "--", *entry,
+                     env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    logs = _ray("job", "logs", "--address", url, "--follow", "dgm-job-1", env=env)        # until the job ends
+    assert "epoch 1/1" in logs.stdout and "test_error" in logs.stdout, logs.stdout[-3000:] + logs.stderr[-3000:]
+    status = _ray("job", "status", "--address", url, "dgm-job-1", env=env)
+    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("dgm-dist").experiment_id],
+                                "attributes.run_name = 'from-a-job'")
+    assert run.info.status == "FINISHED" and "test_error" in run.data.metrics

@@ -42,8 +42,9 @@ def ssh_node(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("DGM_SSH_TESTS=1 needs root: it installs sshd and creates a user")
     work = tmp_path_factory.mktemp("sshd")
-    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which("rsync"):
-        sh("apt-get", "install", "-y", "-q", "openssh-server", "rsync", "python3-venv",
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which("rsync") \
+            or not shutil.which("tmux"):
+        sh("apt-get", "install", "-y", "-q", "openssh-server", "rsync", "python3-venv", "tmux",
            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     if sh("id", USER, check=False).returncode:
         sh("useradd", "-m", "-s", "/bin/bash", USER)
@@ -120,6 +121,25 @@ worker_start_ray_commands:
         refused = as_user(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={'0' * 64} timeout 60 ~/venv/bin/python -c "
                           f"\"import ray; ray.init(address='{gcs}')\" 2>&1 || echo REFUSED", timeout=120)
         assert "REFUSED" in refused.stdout and "auth" in refused.stdout.lower()
+        # detached: `ray submit --tmux` returns at once and its SSH session ends; the job runs on in
+        # tmux on the head and finishes (a dropped connection would end a foreground submit)
+        started = time.time()
+        sh(RAY, "submit", "--tmux", config, str(ROOT / "submit.py"), "--", "train", "mlp-fashion", "--workers", "1",
+           "--epochs", "1", "--run-name", "detached", "--set", "data.validation=50000", env=env, timeout=120)
+        assert time.time() - started < 60                            # it did not wait for the training
+        status = HOME / "run_status.py"                                # the run's status in the head's MLflow
+        status.write_text("import os, mlflow\n"
+                          "c = mlflow.MlflowClient('sqlite:///' + os.path.expanduser('~/runs/mlflow.db'))\n"
+                          "e = c.get_experiment_by_name('dgm-dist')\n"
+                          "runs = c.search_runs([e.experiment_id], \"attributes.run_name = 'detached'\") if e else []\n"
+                          "print(runs[0].info.status if runs else 'NONE')\n")
+        sh("chown", f"{USER}:{USER}", str(status))
+        finished = None
+        while time.time() - started < 600 and finished not in ("FINISHED", "FAILED", "KILLED"):
+            time.sleep(5)
+            finished = sh("runuser", "-u", USER, "--", str(HOME / "venv" / "bin" / "python"), str(status),
+                          check=False, timeout=120, cwd=HOME).stdout.strip()
+        assert finished == "FINISHED"
     finally:
         sh(RAY, "down", "-y", config, env=env, check=False)
     # `ray down` stopped the cluster: no Ray process of the user's is left
