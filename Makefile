@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OUT ?= outputs
 
-.PHONY: setup fashion-mnist run test test-fast lint clean clean-runs
+.PHONY: setup fashion-mnist postgresql run test test-fast lint clean clean-runs
 
 setup: $(VENV)/.installed
 
@@ -32,13 +32,24 @@ fashion-mnist: setup
 	  fi; \
 	fi
 
+# PostgreSQL's server, for the test of MLflow's PostgreSQL backend (tests/test_tracking_postgres.py):
+# installed by apt as root; anyone else installs Debian's postgresql package (or their system's).
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; \
+	  else \
+	    echo "PostgreSQL's server is missing: install the postgresql package (its test fails without it)"; \
+	  fi; \
+	fi
+
 # The main job on the embedded default (a local Ray started for each study, MLflow in runs/mlflow.db):
 # the quick pipeline, three small Tune studies, the best classifiers exported to ONNX, validated
 # and registered, and a report (about 8 minutes on 2 cores).
 run: setup fashion-mnist
 	$(VENV)/bin/dgm-dist pipeline --preset quick
 
-test: setup fashion-mnist lint
+test: setup fashion-mnist postgresql lint
 	$(PY) -m pytest -q
 
 # The tests that start no Ray, Tune, export or benchmark (the `slow` marker): a quick check while working.

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from formats import write_mnist_dir
 
@@ -39,21 +40,34 @@ def test_cluster_yaml_is_the_gpu_cluster_the_readme_describes():
     assert len(workers) == 1 and workers[0]["min_workers"] == 0 and workers[0]["resources"]["GPU"] == 1
     assert raw["available_node_types"][raw["head_node_type"]]["resources"]["GPU"] == 0
     setup = "\n".join(raw["setup_commands"])
-    assert "pip install -q -e \"$HOME/dgm-dist[gpu]\"" in setup and "torch==2.13.0" in setup
+    assert "pip install -q -e \"$HOME/dgm-dist[gpu,postgres]\"" in setup and "torch==2.13.0" in setup
     assert "DGM_STORAGE_PATH=s3://" in setup                                  # shared storage for Train/Tune
     text = (ROOT / "cluster.yaml").read_text()
     head = "\n".join(raw["head_start_ray_commands"])
     assert "mlflow server --host 127.0.0.1 " in head and "0.0.0.0" not in text   # the head's loopback only
-    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head
+    assert "MLFLOW_TRACKING_URI=${DGM_TRACKING_URI:-http://127.0.0.1:5000}" in head
     assert "dashboard-host" not in text                                        # the dashboard stays on 127.0.0.1
     for secret in ("aws_access_key_id", "aws_secret_access_key", "AKIA", "password", "token:"):
         assert secret.lower() not in text.lower()
 
 
+def test_the_tracking_backend_comes_from_the_users_file():
+    """The user's ~/.dgm-dist/tracking.env names the backend store (PostgreSQL: it outlives the
+    cluster) or an MLflow server of theirs; empty, the head's sqlite (which `ray down` deletes)."""
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    assert raw["file_mounts"]["~/.dgm-dist/tracking.env"] == "~/.dgm-dist/tracking.env"
+    head = "\n".join(raw["head_start_ray_commands"])
+    assert '--backend-store-uri "${DGM_MLFLOW_BACKEND:-sqlite:///$HOME/mlflow/mlflow.db}"' in head
+    assert '[ -n "$DGM_TRACKING_URI" ] ||' in head                   # an external server: none on the head
+    assert "set -a; . ~/.dgm-dist/tracking.env; set +a" in "\n".join(raw["setup_commands"])   # every shell
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["postgres"] == ["psycopg2-binary==2.9.13"]
+
+
 def test_every_node_runs_ray_with_token_authentication_and_the_users_token():
     raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"     # from the user's machine
-    assert "chmod 600 ~/.ray/auth_token" in raw["setup_commands"]
+    assert "chmod 600 ~/.ray/auth_token ~/.dgm-dist/tracking.env" in raw["setup_commands"]
     assert "export RAY_AUTH_MODE=token" in "\n".join(raw["setup_commands"])   # every shell: submit.py, ray CLI
     for starts in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
         start = next(c for c in starts if "ray start" in c)
