@@ -631,7 +631,7 @@ def cmd_validate(args) -> dict:
 
 
 def cmd_pipeline(args) -> dict:
-    from dgm_dist.pipeline import format_table, run_pipeline, summary_rows
+    from dgm_dist.pipeline import format_terminal, run_pipeline, summary_rows
 
     if args.address:
         import os
@@ -654,8 +654,10 @@ def cmd_pipeline(args) -> dict:
     result = run_pipeline(args.preset or "quick", models, files, args.overrides, out=out, resume=args.resume)
     rows = summary_rows(result)
     if not args.json:
-        print(format_table(rows))
-        print(f"{result.name}: {result.seconds / 60:.1f} min; report {result.report} (and MLflow run {result.run_id})")
+        print(format_terminal(rows))
+        print(f"{result.name}: {result.seconds / 60:.1f} min; report {result.report} (MLflow run {result.run_id})")
+        print(f"browse: mlflow ui --backend-store-uri {result.tracking_uri}   (then http://127.0.0.1:5000)"
+              if not result.tracking_uri.startswith("http") else f"browse: {result.tracking_uri}")
     return {"pipeline": result.name, "preset": result.preset, "passed": result.passed, "mlflow_run_id": result.run_id,
             "tracking_uri": result.tracking_uri, "report": str(result.report), "seconds": round(result.seconds, 1),
             "families": rows}

@@ -235,8 +235,10 @@ def summary_rows(result: PipelineResult) -> list[dict[str, Any]]:
                "test_metric": test, "test_value": metrics.get(test) if test else None, "error": f.error}
         if f.export:
             latency = {r["batch"]: r["speedup"] for r in f.validation["latency"] or []}
+            onnx_metrics = f.export["card"].get("test_metrics", {})
             row.update(onnx=f.export["file"], registered=f"{f.export['registered']['registered_model']} "
                        f"v{f.export['registered']['version']}", validated=f.validation["passed"],
+                       onnx_test_value=onnx_metrics.get((test or "").removeprefix("test_")),
                        ort_speedup_batch_1=latency.get(1), ort_speedup_batch_64=latency.get(64))
         rows.append(row)
     return rows
@@ -254,6 +256,36 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['ort_speedup_batch_1']:.2f}× / {r['ort_speedup_batch_64']:.2f}×"
         lines.append(f"| {r['family']} | `{r['study']}` | {r['trials']} | {r['minutes']} | {r['best'] or '–'} | "
                      f"{test} | {onnx} | {speed} |")
+    return "\n".join(lines)
+
+
+def _figure(metric: str | None, value: float | None) -> str:
+    if value is None or metric is None:
+        return "–"
+    return f"{100 * value:.2f} %" if "error" in metric else f"{value:.2f}"
+
+
+def format_terminal(rows: list[dict[str, Any]], width: int = 100) -> str:
+    """The summary for a terminal: one line per family within `width` columns (the report has the
+    full Markdown table). `test` is the best trial's PyTorch figure, `ONNX` the exported model's own
+    (ONNX Runtime, the same test set)."""
+    fixed = [("family", 6), ("trials", 6), ("min", 5), ("test", 15), ("ONNX", 9)]
+    rest = width - sum(w + 2 for _, w in fixed) - 2
+    best_w, reg_w = rest // 2, rest - rest // 2
+
+    def cut(text: str, w: int) -> str:
+        return text if len(text) <= w else text[:w - 1] + "…"
+
+    lines = ["  ".join([*(f"{h:<{w}}" for h, w in fixed), f"{'best trial':<{best_w}}", "registered"]).rstrip()]
+    for r in rows:
+        metric = (r["test_metric"] or "").removeprefix("test_")
+        test = f"{metric} {_figure(metric, r['test_value'])}" if r["test_value"] is not None else "–"
+        onnx = _figure(metric, r.get("onnx_test_value")) if "onnx" in r else "–"
+        registered = "–" if "onnx" not in r else f"{r['registered']} ({'passed' if r['validated'] else 'FAILED'})"
+        cells = [r["family"], str(r["trials"]), str(r["minutes"]), cut(test, 15), onnx]
+        line = "  ".join([*(f"{c:<{w}}" for c, (_, w) in zip(cells, fixed, strict=True)),
+                          f"{cut(r['best'] or '–', best_w):<{best_w}}", cut(registered, reg_w)])
+        lines.append(line.rstrip() + (f"\n  error: {r['error']}" if r["error"] else ""))
     return "\n".join(lines)
 
 
