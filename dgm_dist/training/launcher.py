@@ -172,21 +172,26 @@ def _fit(cfg: Config, run_name: str, storage: str, monitor, verbose: bool, out, 
     from dgm_dist.training.loop import LoopOptions
 
     options = LoopOptions(cfg, batches_hook=batches_hook, check_every=check_every(cfg),
-                          deadline=monitor.started + 60 * cfg.optim.max_minutes if cfg.optim.max_minutes else math.inf)
+                          deadline=monitor.started + 60 * cfg.optim.max_minutes if cfg.optim.max_minutes else math.inf,
+                          progress_seconds=float(os.environ.get("DGM_PROGRESS_SECONDS", 1.0)))
     if cfg.scaling.workers == 0:
         local_dir = Path(storage) / run_name
         local_dir.mkdir(parents=True, exist_ok=True)
         _quiet_ray(verbose)
-        make_trainer(cfg, run_name, storage, replace(options, local_dir=str(local_dir), sink=monitor)).fit()
+        bar = monitor.progress if monitor.bar.tty else None
+        make_trainer(cfg, run_name, storage, replace(options, local_dir=str(local_dir), sink=monitor,
+                                                     progress=bar)).fit()
         return monitor.history[-1] if monitor.history else {}
 
     from ray.util.queue import Queue
 
-    from dgm_dist.training.progress import ForwardReports, QueueDrain
+    from dgm_dist.training.progress import ForwardReports, QueueDrain, QueueProgress
 
     with RaySession(cfg.scaling, verbose):
         _check_cluster(cfg.scaling, out)
         reports = Queue(actor_options={"num_cpus": 0})
+        if monitor.bar.tty:                    # only a terminal shows the bar: no updates sent otherwise
+            options = replace(options, progress=QueueProgress(reports))
         trainer = make_trainer(cfg, run_name, storage, options, callbacks=[ForwardReports(reports)])
         with QueueDrain(reports, monitor):
             try:

@@ -52,6 +52,8 @@ class LoopOptions:
     sink: Callable[[dict, str | None], None] | None = None   # ... and each report goes to the driver's monitor
     batches_hook: Callable[..., Iterable] | None = None      # tests: wraps each epoch's batches (fault drills)
     check_every: int = 1                  # steps between the ranks' agreement on finiteness and the deadline
+    progress: Callable[[dict], None] | None = None   # rank 0's position inside an epoch, for the driver's bar
+    progress_seconds: float = 1.0         # at most one progress update this often (one host sync each)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -109,6 +111,7 @@ class _Run:
     device: torch.device
     optimizer: torch.optim.Optimizer
     warmup_total: int
+    steps_per_epoch: int = 0
     epoch: int = 0                     # the first epoch still to train
     step: int = 0                      # optimizer steps taken
     best: dict | None = None           # the best validation epoch so far (track_best)
@@ -124,7 +127,7 @@ class _Run:
         optimizer = make_optimizer(cfg.optim, model.parameters())
         steps = training_data.steps_per_epoch(data, cfg.optim.batch_size, world)
         return cls(cfg, rank, world, spec, data, model, ray.train.torch.get_device(), optimizer,
-                   schedules.warmup_steps(cfg.optim.warmup_epochs, steps))
+                   schedules.warmup_steps(cfg.optim.warmup_epochs, steps), steps)
 
     def resume(self, saved: dict) -> bool:
         """Continue from a checkpoint; True when the run it holds had already finished."""
@@ -186,6 +189,7 @@ def train_epoch(run: _Run, opts: LoopOptions, epoch: int, window: _Window) -> tu
         batches = opts.batches_hook(batches, epoch=epoch, rank=run.rank)
     finite = torch.ones((), dtype=torch.bool, device=device)    # every step since the last check
     checked_at, out_of_time = run.step, False
+    progress = _Progress(opts, run, epoch, started) if run.rank == 0 and opts.progress else None
     for i, batch in enumerate(batches):
         batch = {k: _input(v, k, run.data.dynamic_binarize, run.generator).to(device) for k, v in batch.items()}
         examples = len(batch.get("x_unlabelled", batch["x"]))   # an epoch is a pass over this stream
@@ -205,6 +209,8 @@ def train_epoch(run: _Run, opts: LoopOptions, epoch: int, window: _Window) -> tu
         run.step += 1
         run.first_step_at = run.first_step_at or time.time()
         window.add({"loss_sum": loss.detach().double() * examples, "examples": examples, **terms}, device)
+        if progress is not None:
+            progress.step(i + 1, examples, loss)
         if out_of_time:
             break                      # the budget is spent: a final evaluation and checkpoint follow
     if checked_at < run.step:          # the steps since the last check, at the epoch's end
@@ -215,6 +221,27 @@ def train_epoch(run: _Run, opts: LoopOptions, epoch: int, window: _Window) -> tu
     window.seconds += time.perf_counter() - started
     window.epochs += 1
     return None, out_of_time
+
+
+class _Progress:
+    """Rank 0's position inside the epoch, handed to `opts.progress` at most every
+    `opts.progress_seconds` (reading the loss is a host sync, so not every step)."""
+
+    def __init__(self, opts: LoopOptions, run: _Run, epoch: int, started: float):
+        self.opts, self.run, self.epoch, self.started = opts, run, epoch, started
+        self.examples, self.last = 0, started
+
+    def step(self, batch: int, examples: int, loss: torch.Tensor) -> None:
+        self.examples += examples
+        now = time.perf_counter()
+        if now - self.last < self.opts.progress_seconds and batch < self.run.steps_per_epoch:
+            return
+        self.last = now
+        seconds = now - self.started
+        self.opts.progress({"epoch": self.epoch + 1, "epochs": self.run.cfg.optim.epochs, "batch": batch,
+                            "batches": self.run.steps_per_epoch, "step": self.run.step, "loss": float(loss.detach()),
+                            "examples_per_s": self.examples * self.run.world / max(seconds, 1e-9),
+                            "seconds": seconds})
 
 
 def evaluate_and_select(run: _Run, metrics: dict[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""The driver's view of a run: one progress line per report, the metric history, MLflow logging.
+"""The driver's view of a run: one progress line per report, a bar inside each epoch on a terminal,
+the metric history, MLflow logging.
 
 Reports reach the driver in-process in local mode, and through a small queue actor fed by a Ray
 Train `UserCallback` (which runs in the Train controller) otherwise.
@@ -7,6 +8,7 @@ Train `UserCallback` (which runs in the Train controller) otherwise.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,11 +33,56 @@ class ForwardReports(UserCallback):
         self.sink.put((metrics[0], checkpoint.path if checkpoint else None))
 
 
+class QueueProgress:
+    """Rank 0's progress updates to the driver through the reports' queue actor (picklable: it
+    travels to the worker in LoopOptions). A full queue or a gone actor drops the update."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def __call__(self, update: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(("progress", update))
+        except Exception:  # noqa: BLE001 -- a progress bar must never stop a training
+            pass
+
+
+class ProgressBar:
+    """One line inside the epoch, redrawn in place on a terminal (stderr): the epoch's batches done,
+    the step, the loss, examples/s and the epoch's ETA. Nothing when stderr is not a terminal
+    (logs, `ray submit`, pipes): there the per-epoch lines are the whole record."""
+
+    def __init__(self, stream=None, tty: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.shown = False
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if not self.tty:
+            return
+        done = p["batch"] / max(1, p["batches"])
+        eta = p["seconds"] / max(done, 1e-9) * (1 - done)
+        bar = "#" * round(20 * done)
+        width = len(str(p["epochs"]))
+        self.stream.write(f"\r\033[K  epoch {p['epoch']:>{width}}/{p['epochs']} [{bar:<20}] {p['batch']}/{p['batches']}"
+                          f"  step {p['step']:,}  loss {p['loss']:.4f}  {p['examples_per_s']:,.0f} ex/s"
+                          f"  epoch eta {timedelta(seconds=round(eta))}")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
 class RunMonitor:
     def __init__(self, total_epochs: int, started: float, log: Callable[[int, dict], Any] | None = None,
-                 out: Callable[[str], Any] | None = print):
+                 out: Callable[[str], Any] | None = print, bar: ProgressBar | None = None):
         self.total_epochs, self.started = total_epochs, started
         self.log, self.out = log, out
+        self.bar = bar if bar is not None else ProgressBar(tty=False if out is None else None)
         self.history: list[dict[str, Any]] = []
         self.latest_checkpoint: str | None = None
         self.nonfinite: str | None = None
@@ -62,7 +109,12 @@ class RunMonitor:
         if self.log is not None:
             self.log(epoch, {k: v for k, v in metrics.items() if k != "first_step_at"})
         if self.out is not None:
+            self.bar.clear()
             self.out(self.line(metrics))
+
+    def progress(self, update: dict[str, Any]) -> None:
+        """An update from inside an epoch (rank 0, every `LoopOptions.progress_seconds`)."""
+        self.bar(update)
 
     def line(self, m: dict[str, Any]) -> str:
         now = time.time()
@@ -116,5 +168,8 @@ class QueueDrain:
                 item = self.source.get(block=block, timeout=0.2) if block else self.source.get_nowait()
             except queue.Empty:
                 return
-            self.monitor(*item)
+            if item[0] == "progress":
+                self.monitor.progress(item[1])
+            else:
+                self.monitor(*item)
             block = False

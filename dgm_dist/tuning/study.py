@@ -35,6 +35,7 @@ from dgm_dist.training import data as training_data
 from dgm_dist.training.launcher import RaySession, _explain, check_every, make_trainer, storage_path, validate
 from dgm_dist.training.resources import check_model_memory
 from dgm_dist.tuning.space import Study, grid_points, to_tune_space
+from dgm_dist.tuning.status import StatusTable, figure
 
 DRIVER_RESOURCE = "dgm_trial_driver"
 STUDY_TAG = "dgm.study"
@@ -188,18 +189,34 @@ class TrialTracking(Callback):
     """A Tune callback (in the study's driver): one MLflow child run per trial."""
 
     def __init__(self, study: Study, uri: str, parent_run_id: str, experiment_dir: str, json_mode: bool):
+        import sys
+
         self.study, self.uri, self.parent_run_id = study, uri, parent_run_id
         self.experiment_dir, self.json_mode = experiment_dir, json_mode
         self.runs: dict[str, RunTracker] = {}
         self.last: dict[str, dict[str, Any]] = {}
+        self.stopped: set[str] = set()                 # trials the scheduler stopped early
+        stream = sys.stderr if json_mode else sys.stdout
+        # a terminal gets one status table, redrawn in place; anything else the plain lines below
+        self.table = StatusTable(study.name, study.metric, study.mode, study.max_epochs, study.scheduler["type"],
+                                 study.trials_planned(), stream) if stream.isatty() else None
 
     def __getstate__(self):          # Tune pickles its callbacks with the experiment state
-        return {**self.__dict__, "runs": {}, "last": {}}
+        return {**self.__dict__, "runs": {}, "last": {}, "table": None}
 
     def _say(self, line: str) -> None:
         import sys
 
-        print(line, file=sys.stderr if self.json_mode else sys.stdout, flush=True)
+        if self.table is None:
+            print(line, file=sys.stderr if self.json_mode else sys.stdout, flush=True)
+
+    def on_step(self, iteration, trials, **info):
+        if self.table is not None:
+            self.table.maybe_draw(trials, self.stopped)
+
+    def on_experiment_end(self, trials, **info):
+        if self.table is not None:
+            self.table.draw(trials, self.stopped)
 
     def _run(self, trial) -> RunTracker:
         if trial.trial_id not in self.runs:
@@ -231,9 +248,7 @@ class TrialTracking(Callback):
         run.log_epoch(int(result["epoch"]), metrics)
         self.last[trial.trial_id] = result
         shown = self.study.metric
-        value = result.get(shown)
-        self._say(f"trial {trial.trial_id} epoch {int(result['epoch'])}: {shown} "
-                  f"{'?' if value is None else f'{value:.4f}'}")
+        self._say(f"trial {trial.trial_id} epoch {int(result['epoch'])}: {shown} {figure(shown, result.get(shown))}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run = self._run(trial)
@@ -242,6 +257,7 @@ class TrialTracking(Callback):
         tags = {"dgm.checkpoint": str(result.get("checkpoint_path", "")), "dgm.epochs": str(epoch)}
         if epoch < self.study.max_epochs and not result.get("stopped_early") and not result.get("stopped_at_budget"):
             tags["dgm.stopped_by"] = f"{self.study.scheduler['type']} scheduler after epoch {epoch}"
+            self.stopped.add(trial.trial_id)
         run.set_tags(tags)
         run.end("FINISHED")
         self.runs.pop(trial.trial_id)
