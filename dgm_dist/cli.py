@@ -74,6 +74,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+DATA_DIR_HELP = "directory holding the dataset's files (default: DGM_DATA_DIR, then /usr/share/datasets/<name>)"
+
+
+def _add_data_dir(p: argparse.ArgumentParser, what: str = DATA_DIR_HELP) -> None:
+    """The one --data-dir: the same meaning on every command that reads a dataset."""
+    p.add_argument("--data-dir", metavar="DIR", help=what)
+
+
+def _data_dir_override(args) -> list[str]:
+    """--data-dir as the config override it stands for, made absolute (workers run elsewhere)."""
+    return [f"data.data_dir={Path(args.data_dir).expanduser().resolve()}"] if getattr(args, "data_dir", None) else []
+
+
 def _add_set_and_json(p: argparse.ArgumentParser, what: str = "tracking settings (tracking.*)") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=f"{what}, e.g. --set tracking.root=DIR")
@@ -209,6 +222,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--batch-size", type=int, default=100, metavar="B", help="examples per batch (default 100)")
     p.add_argument("--examples", type=int, metavar="N",
                    help="only the first N examples of the split (default: all); logged as <metric>_k<K>_n<N>")
+    _add_data_dir(p, DATA_DIR_HELP + " (default: where the run found it)")
     _add_set_and_json(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -227,6 +241,7 @@ def _add_tune(commands) -> None:
     p.add_argument("--concurrent", type=int, metavar="K", help="trials at a time (default: as resources allow)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--name", metavar="NAME", help="run the study under this name instead of the file's")
+    _add_data_dir(p, DATA_DIR_HELP + "; for every trial")
     p.add_argument("--dry-run", action="store_true",
                    help="print the trial plan, the resources per trial and the concurrency; start nothing")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
@@ -252,6 +267,8 @@ def _add_pipeline(commands) -> None:
     p.add_argument("--resume", metavar="NAME",
                    help="continue the interrupted pipeline NAME (e.g. pipeline-quick-20261201-123348) with the "
                         "settings it started with: finished studies are kept, an unfinished one resumes")
+    _add_data_dir(p, DATA_DIR_HELP + "; for every study")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     p.add_argument("--address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else local)")
     _add_set_and_json(p, "applied to every trial")
     p.set_defaults(func=cmd_pipeline)
@@ -467,7 +484,8 @@ def cmd_evaluate(args) -> dict:
     uri = resolve_uri(cfg.tracking)
     checkpoint = find_checkpoint(args.run, storage_path(cfg), uri)
     out = say
-    result = evaluate_run(checkpoint, args.split, args.iw_samples, args.batch_size, out, args.examples)
+    result = evaluate_run(checkpoint, args.split, args.iw_samples, args.batch_size, out, args.examples,
+                          data_dir=args.data_dir)
     log_evaluation(uri, checkpoint, result)
     if not args.json:
         for k, v in result["metrics"].items():
@@ -552,8 +570,8 @@ def cmd_tune(args) -> dict:
         import os
 
         os.environ["RAY_ADDRESS"] = args.address
-    study = load_study(args.target, samples=args.samples, concurrent=args.concurrent, overrides=args.overrides,
-                       name=args.name)
+    study = load_study(args.target, samples=args.samples, concurrent=args.concurrent,
+                       overrides=[*_data_dir_override(args), *args.overrides], name=args.name)
     if args.dry_run:
         from dgm_dist.tuning.space import plan
 
@@ -639,7 +657,7 @@ def cmd_pipeline(args) -> dict:
         os.environ["RAY_ADDRESS"] = args.address
     if args.resume:
         given = [f for f, v in (("--preset", args.preset), ("--models", args.models),
-                                ("--study-file", args.study_file)) if v]
+                                ("--study-file", args.study_file), ("--data-dir", args.data_dir)) if v]
         if given or any(not o.startswith("tracking.") for o in args.overrides):
             raise DgmError(f"--resume {args.resume} continues with the settings the pipeline started with; drop "
                            f"{', '.join(given) or 'the --set keys other than tracking.*'}")
@@ -651,7 +669,8 @@ def cmd_pipeline(args) -> dict:
         files[family] = path
     models = [m.strip() for m in (args.models or "ssl,lvae,spn").split(",") if m.strip()]
     out = say
-    result = run_pipeline(args.preset or "quick", models, files, args.overrides, out=out, resume=args.resume)
+    result = run_pipeline(args.preset or "quick", models, files, [*_data_dir_override(args), *args.overrides],
+                          out=out, resume=args.resume, verbose=args.verbose)
     rows = summary_rows(result)
     if not args.json:
         print(format_terminal(rows))

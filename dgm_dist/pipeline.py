@@ -82,7 +82,8 @@ def study_files(preset: str, models: list[str], files: dict[str, str]) -> dict[s
 
 
 def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dict[str, str] | None = None,
-                 overrides: list[str] = (), out=print, resume: str | None = None) -> PipelineResult:
+                 overrides: list[str] = (), out=print, resume: str | None = None,
+                 verbose: bool = False) -> PipelineResult:
     """Run the studies one after another, then export, validate and register their best classifiers.
     `resume`: the name of an interrupted pipeline, continued from its state file with the settings it
     started with: finished families are kept, an unfinished study resumes from Tune's state."""
@@ -129,7 +130,7 @@ def run_pipeline(preset: str = "quick", models: list[str] = FAMILIES, files: dic
                 again = resume is not None and _study_started(study)
                 out(f"[{family}] study {study.name}: {study.trials_planned()} trials" + (" (resumed)" if again else ""))
                 t = time.time()
-                done = run_study(study, resume=again, out=out)
+                done = run_study(study, resume=again, verbose=verbose, out=out)
                 fam.parent_run_id, fam.best, fam.trials = done.parent_run_id, done.best, len(done.trials)
                 fam.seconds = time.time() - t
                 fam.report = str(root / "studies" / study.name / "report.md")

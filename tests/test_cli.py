@@ -110,6 +110,21 @@ def test_a_set_key_a_command_would_ignore_is_refused(capsys, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []                      # refused before anything is written
 
 
+def test_data_dir_means_the_same_on_every_command_that_reads_a_dataset(capsys, tmp_path, monkeypatch):
+    from dgm_dist.cli import DATA_DIR_HELP
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command in ("train", "evaluate", "tune", "pipeline", "export", "validate"):
+        (action,) = [a for a in sub.choices[command]._actions if "--data-dir" in a.option_strings]
+        assert action.help.startswith(DATA_DIR_HELP.split(" (")[0]), command
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "s.yaml"
+    study.write_text("base: mlp\nset: {data.dataset: mnist}\nparameters: {optim.lr: {grid: [0.1, 0.01]}}\n")
+    assert main(["tune", str(study), "--data-dir", "rel", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert f"data.data_dir={tmp_path / 'rel'}" in plan["set"]           # made absolute, for every trial
+
+
 def test_split_and_aux_samples_are_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["data", "inspect", "fashion-mnist", "--split", "tset"])

@@ -102,9 +102,13 @@ def load_trained(checkpoint: Path) -> tuple[Config, torch.nn.Module, dict[str, A
 
 @torch.no_grad()
 def evaluate_run(checkpoint: Path, split: str = "test", iw_samples: int | None = None, batch_size: int = 100,
-                 out: Callable[[str], Any] | None = print, examples: int | None = None) -> dict[str, Any]:
-    """The model of `checkpoint` on `split` (its first `examples` only, if given)."""
+                 out: Callable[[str], Any] | None = print, examples: int | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
+    """The model of `checkpoint` on `split` (its first `examples` only, if given); `data_dir`: where
+    to find the dataset's files instead of where the run found them."""
     cfg, model, saved = load_trained(checkpoint)
+    if data_dir:
+        cfg = apply(cfg, {"data": {"data_dir": str(Path(data_dir).expanduser().resolve())}}, origin="--data-dir")
     spec = model_spec(cfg.model.name)
     data = training_data.prepare(load_from_config(cfg.data, download=False), cfg.data, spec.streams)
     if split not in data.eval_sets:

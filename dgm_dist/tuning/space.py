@@ -359,7 +359,8 @@ def plan(study: Study) -> dict[str, Any]:
                  "cpus": study.resources["workers"] * study.resources["cpus_per_worker"],
                  "gpus": study.resources["workers"] * study.resources["gpus_per_worker"]}
     trials = study.trials_planned()
-    return {"study": study.name, "file": str(study.path), "base": study.base, "metric": study.metric,
+    return {"study": study.name, "file": str(study.path), "base": study.base, "set": list(study.overrides),
+            "metric": study.metric,
             "mode": study.mode, "scheduler": study.scheduler, "trials": trials, "samples": study.samples,
             "grid": grid, "sampled": sampled, "resources_per_trial": per_trial,
             "concurrent": min(study.concurrent, trials), "fits_here": _trials_that_fit(study.resources),
