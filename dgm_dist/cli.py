@@ -107,14 +107,36 @@ def _tracking_config(args):
     return load_config(overrides=args.overrides)
 
 
+def version() -> str:
+    """The package version, and the commit when run from a git checkout (`0.1.0 (git 4e8f51d)`)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]
+    if (here / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = dirty = ""
+        if commit:
+            return f"{__version__} (git {commit}{', modified' if dirty else ''})"
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgm-dist", formatter_class=_formatter,
         description="Train, tune, track and export the DTU deep generative models "
                     "(ADGM/SDGM, Ladder VAE, RNN-SPN) with Ray, MLflow and ONNX.",
-        epilog="examples:\n  dgm-dist data list\n  dgm-dist data prepare fashion-mnist\n"
-               "  dgm-dist data inspect cluttered-fashion-mnist --out outputs/cluttered.png")
-    parser.add_argument("--version", action="version", version=f"dgm-dist {__version__}")
+        epilog="examples (the main job, then its parts):\n" + EXAMPLES["pipeline"] + "\n"
+               "  dgm-dist doctor                                    # what this machine has, and the fixes\n"
+               "  dgm-dist train mlp-fashion --workers 1 --epochs 5\n"
+               "  dgm-dist tune lvae_warmup_bn_cpu --dry-run\n"
+               "  dgm-dist export RUN_NAME && dgm-dist validate runs/exports/RUN_NAME/model.onnx\n"
+               "each command's --help shows its own examples")
+    parser.add_argument("--version", action="version", version=f"dgm-dist {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (_add_data, _add_config, _add_train, _add_evaluate, _add_tune, _add_pipeline, _add_export,
                 _add_fetch, _add_runs, _add_validate, _add_doctor):
@@ -191,7 +213,9 @@ def _add_train(commands) -> None:
                                         "a cluster. Every run is logged to MLflow; the same --run-name resumes.")
     p.add_argument("target", metavar="MODEL_OR_PRESET", help="a preset (see --help of `dgm-dist train`) or a model")
     p.add_argument("--workers", type=int, metavar="N", help="Ray Train workers (0: in-process local mode)")
-    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--gpus", action="store_true",
+                   help="one GPU per worker, DDP over NCCL (scaling.use_gpu=true); without it workers use CPUs "
+                        "and gloo")
     p.add_argument("--epochs", type=int, metavar="E", help="number of epochs")
     p.add_argument("--dataset", metavar="NAME", help="dataset (default: the preset's)")
     p.add_argument("--labels", type=int, metavar="N", help="labelled training examples, balanced (0: all)")

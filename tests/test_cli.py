@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,26 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "list"], ["data", "prepare"], ["data", "inspect"]])
-def test_every_command_has_help_with_an_example(capsys, argv):
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "list"], ["data", "prepare"], ["data", "inspect"],
+                                  ["config"], ["train"], ["evaluate"], ["tune"], ["pipeline"], ["export"], ["fetch"],
+                                  ["runs"], ["validate"]])
+def test_every_command_has_help_with_its_own_examples(capsys, argv):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*argv, "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert "examples:" in text and "dgm-dist data" in text
+    examples = text.split("examples", 1)[1]
+    own = " ".join(argv) if argv else "pipeline"                  # the top level shows the main job's
+    assert f"dgm-dist {own}" in examples, text
+    others = {"data", "train", "tune", "export", "validate", "fetch", "evaluate"} - set(argv)
+    if argv and argv[0] != "data":                                 # `data` shows its three subcommands
+        assert not any(f"  dgm-dist {o} " in examples for o in others), text     # no other command's examples
+
+
+def test_version_names_the_commit_in_a_checkout(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert re.fullmatch(r"dgm-dist 0\.1\.0 \(git [0-9a-f]{7,}(, modified)?\)\n", capsys.readouterr().out)
 
 
 def test_prepare_json(capsys, tmp_path):
