@@ -22,7 +22,9 @@ from dgm_dist.data.catalog import DATASETS
 from dgm_dist.data.cluttered import ClutterParams
 from dgm_dist.errors import ConfigError
 
-MODEL_NAMES = ("mlp", "m2", "adgm", "sdgm", "vae", "lvae", "cnn", "cnn_spn", "rnn_spn")
+# The models the registry (models/registry.py) builds; a list, so that `registry.register` can add
+# one without this file changing (the config check reads it when a value is checked).
+MODEL_NAMES = ["mlp", "m2", "adgm", "sdgm", "vae", "lvae", "cnn", "cnn_spn", "rnn_spn"]
 
 
 def choice(default, *allowed):
@@ -51,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = choice("mlp", *MODEL_NAMES)
+    name: str = field(default="mlp", metadata={"choices": MODEL_NAMES})
     hidden: tuple[int, ...] = (500, 500)
     latent: tuple[int, ...] = (100,)
     aux: int = bounded(100, 0)

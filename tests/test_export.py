@@ -219,6 +219,40 @@ def test_a_new_classifier_exports_through_its_interface_alone(tmp_path):
         build_graph(torch.nn.Linear(2, 2))
 
 
+class _RegisteredToy(_ToyClassifier):
+    def forward(self, x, y):
+        logp = self.classify(x)
+        nll = torch.nn.functional.nll_loss(logp, y, reduction="none")
+        return nll.mean(), {"nll_sum": nll.detach().double().sum(), "error_sum": (logp.argmax(-1) != y).sum()}
+
+
+def test_a_registered_classifier_trains_evaluates_and_exports_with_no_other_change(root, data_dir, capsys,
+                                                                                    tmp_path):
+    """A model family is its module and one registry entry: `register`, then `dgm-dist train`,
+    `export` and `validate` take it by name (in-process: Ray workers would import the registering
+    module themselves)."""
+    from dgm_dist.models import registry
+
+    spec = registry.ModelSpec(lambda m, info: _RegisteredToy(), "supervised", "single", "error", "a toy")
+    registry.register("toy", spec)
+    try:
+        code, trained, err = run(capsys, "train", "toy", "--dataset", "mnist", "--data-dir", str(data_dir),
+                                 "--workers", "0", "--epochs", "2", "--run-name", "toy-run", "--set",
+                                 f"tracking.root={root}", "--set", "data.validation=100", "--set", "data.binarize=none",
+                                 "--set", "optim.lr=3e-3")
+        assert code == 0 and trained["test_error"] < 0.5, err                     # it learnt the bars
+        code, exported, err = run(capsys, "export", "toy-run", "--set", f"tracking.root={root}", "--data-dir",
+                                  str(data_dir), "--no-register", "--out", str(tmp_path / "toy"))
+        assert code == 0 and exported["model"] == "toy" and exported["parity_max_abs_diff"] <= 1e-5, err
+        code, result, err = run(capsys, "validate", exported["files"][0], "--data-dir", str(data_dir), "--no-latency")
+        assert code == 0 and result["passed"], err
+    finally:
+        registry.MODELS.pop("toy")
+        registry.MODEL_NAMES.remove("toy")
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register("mlp", spec)
+
+
 def test_the_dgm_graph_fixes_the_draws_of_a_and_computes_the_papers_estimate():
     model = _adgm()
     pixels = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dgm_dist.config import MODEL_NAMES
 from dgm_dist.errors import ConfigError
 from dgm_dist.models.cnn import SequenceCNN
 from dgm_dist.models.dgm import ADGM, M2, SDGM
@@ -106,6 +107,19 @@ MODELS: dict[str, ModelSpec] = {
     "lvae": ModelSpec(_vae(LadderVAE), "unsupervised", "single", "iw_ll",
                       "Ladder VAE (Sonderby et al. 2016)", kl_weight=True, mode="max"),
 }
+
+
+assert list(MODELS) == MODEL_NAMES, "config.MODEL_NAMES and the registry list the same models"
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Add a model family: after this, `model.name=<name>` trains, evaluates and (for a classifier
+    implementing models/interface.py) exports it, with no other file changed. Register it where its
+    module is imported, so that Ray workers (which import the module afresh) know it too."""
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is registered already")
+    MODELS[name] = spec
+    MODEL_NAMES.append(name)
 
 
 def model_spec(name: str) -> ModelSpec:
