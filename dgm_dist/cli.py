@@ -311,6 +311,9 @@ def _add_export(commands) -> None:
     p.add_argument("--study", metavar="STUDY", help="export the best trial of this Tune study instead")
     p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx (ONNX Runtime quantization)")
     p.add_argument("--opset", type=int, default=20, metavar="N", help="ONNX opset (default 20; 18 for older runtimes)")
+    p.add_argument("--static-batch", type=int, metavar="N",
+                   help="fix the batch axis at N images, for runtimes that want static shapes (TensorRT, NPUs); "
+                        "validate and dgm-predict then feed it N at a time (default: a dynamic batch)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: <tracking.root>/exports/<run>)")
     p.add_argument("--aux", choices=["sample", "mean"],
                    help="M2/ADGM/SDGM: average q(y|a,x) over fixed draws of a (sample) or use the mean of "
@@ -631,6 +634,8 @@ def cmd_export(args) -> dict:
         raise DgmError("give either a RUN (checkpoint directory, run name or MLflow run id) or --study STUDY")
     if args.aux_samples is not None and args.aux_samples < 1:
         raise DgmError("--aux-samples must be >= 1")
+    if args.static_batch is not None and not 1 <= args.static_batch <= 65_536:
+        raise DgmError("--static-batch must be in 1..65536")
     cfg = _tracking_config(args)
     uri = resolve_uri(cfg.tracking)
     if not args.no_register:
@@ -644,7 +649,7 @@ def cmd_export(args) -> dict:
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
     out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
     out = say
-    options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir)
+    options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir, args.static_batch)
     result = export_and_register(checkpoint, options, source, out,
                                  None if args.no_register else (uri, cfg.tracking.experiment), args.name,
                                  f"export-{run_dir}")

@@ -311,6 +311,40 @@ def test_an_int8_model_that_loses_accuracy_fails_validation(shared_cache, root, 
     assert not drop["passed"]
 
 
+def test_a_static_batch_export_is_fed_that_many_everywhere(shared_cache, exported, root, data_dir, capsys,
+                                                           tmp_path):
+    """--static-batch 8: the graph takes exactly 8 images; export's checks, validate, dgm-predict
+    and the bundle check all feed it 8 at a time (the last chunk padded), and agree with the
+    dynamic export."""
+    from dgm_predict.predict import main as dgm_predict
+
+    code, summary, err = run(capsys, "export", shared_cache["rnn_spn"], "--set", f"tracking.root={root}",
+                             "--data-dir", str(data_dir), "--no-register", "--static-batch", "8",
+                             "--quantize", "int8", "--out", str(tmp_path / "static"))
+    assert code == 0, err
+    path = summary["files"][0]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == 8 and from_metadata(sess.get_modelmeta().custom_metadata_map)[
+        "static_batch"] == 8
+    code, result, err = run(capsys, "validate", path, "--data-dir", str(data_dir))
+    assert code == 0 and result["passed"], err
+    assert [r["batch"] for r in result["latency"]] == [8]
+    assert result["test_metrics"]["onnxruntime"] == result["test_metrics"]["pytorch"]          # 70: 8 x 8 + 6
+    assert run(capsys, "validate", summary["files"][1], "--data-dir", str(data_dir), "--no-latency")[0] == 0
+    pixels = np.random.default_rng(4).integers(0, 256, (3, 100, 100), dtype=np.uint8)
+    np.save(tmp_path / "three.npy", pixels)
+    assert dgm_predict([path, str(tmp_path / "three.npy"), "--json"]) == 0
+    got = [r["prediction"] for r in json.loads(capsys.readouterr().out)["results"]]
+    dynamic = ort.InferenceSession(str(exported["rnn_spn"]), providers=["CPUExecutionProvider"])
+    classes = from_metadata(dynamic.get_modelmeta().custom_metadata_map)["classes"]
+    want = dynamic.run(["log_probs"], {"pixels": pixels})[0].argmax(-1)                 # the same model, dynamic
+    assert got == [[classes[c] for c in row] for row in want]
+    assert dgm_predict([path, "--check", str(tmp_path / "static" / "test_bundle.npz"), "--seconds", "0.05"]) == 0
+    assert "batch   8:" in capsys.readouterr().out
+    code, _, err = run(capsys, "export", shared_cache["mlp"], "--static-batch", "0", "--no-register")
+    assert code == 2 and "--static-batch must be in 1..65536" in err
+
+
 def test_validate_times_both_runtimes_at_batch_1_and_64(shared_cache, root, data_dir, capsys, tmp_path):
     code, summary, err = run(capsys, "export", shared_cache["cnn"], "--set", f"tracking.root={root}",
                              "--data-dir", str(data_dir), "--no-register", "--out", str(tmp_path))

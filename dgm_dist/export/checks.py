@@ -25,7 +25,7 @@ import numpy as np
 
 from dgm_dist.errors import DataError
 from dgm_dist.export.graphs import INPUT
-from dgm_predict.measure import latency_ms, metrics  # noqa: F401 -- shared with dgm-predict --check
+from dgm_predict.measure import in_batches, latency_ms, metrics  # noqa: F401 -- shared with dgm-predict
 
 PARITY_BATCHES = (1, 7, 64)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -123,17 +123,18 @@ def output_names(sess) -> list[str]:
     return [o.name for o in sess.get_outputs()]
 
 
-def predict_all(fn: Callable, images: np.ndarray, batch: int = 250) -> np.ndarray:
-    """log-probabilities of every image, in batches."""
-    return np.concatenate([fn(images[i:i + batch])[0] for i in range(0, len(images), batch)])
+def predict_all(fn: Callable, images: np.ndarray, static: int | None = None) -> np.ndarray:
+    """log-probabilities of every image, in batches (of exactly `static` for a static-batch graph)."""
+    return in_batches(fn, images, static)[0]
 
 
-def placement(path: Path, providers: list[str], images: np.ndarray) -> dict[str, dict[str, int]]:
+def placement(path: Path, providers: list[str], images: np.ndarray,
+              static: int | None = None) -> dict[str, dict[str, int]]:
     """Which provider ran each kind of node, from one profiled run: {provider: {op_type: count}}.
     On a GPU node this shows what fell back to the CPU (e.g. GridSample on older ORT builds)."""
     with tempfile.TemporaryDirectory() as tmp:
         sess = session(path, providers, profile=os.path.join(tmp, "ort"))
-        sess.run(None, {INPUT: images[:1]})
+        sess.run(None, {INPUT: images[np.arange(static or 1) % len(images)]})
         events = json.loads(Path(sess.end_profiling()).read_text())
     placed: dict[str, Counter] = {}
     for e in events:

@@ -33,6 +33,7 @@ from dgm_dist.training.reevaluate import load_trained
 from dgm_predict.bundle import BUNDLE_IMAGES, BUNDLE_NAME
 from dgm_predict.card import FORMAT, PREPROCESSING
 from dgm_predict.images import RESIZE
+from dgm_predict.measure import batch_sizes
 
 FP32_TOLERANCE = 1e-5
 CALIBRATION_IMAGES = 500
@@ -45,6 +46,7 @@ class ExportOptions:
     quantize: str | None = None          # None or "int8"
     graph: GraphOptions = GraphOptions()
     data_dir: str | None = None
+    static_batch: int | None = None      # a fixed batch axis of this many images (None: dynamic)
 
 
 @dataclass
@@ -109,33 +111,35 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
     options.out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = options.out_dir / "model.onnx"
     out(f"exporting {cfg.model.name} (epoch {loaded.epoch}) to {fp32} at opset {options.opset}")
-    export_graph(graph, torch.from_numpy(test_x[:2]), fp32, options.opset)
+    static = options.static_batch
+    export_graph(graph, torch.from_numpy(test_x[:2]), fp32, options.opset, static)
 
     sess = checks.session(fp32, [checks.CPU])
-    rows = checks.parity(graph, sess, test_x)
+    parity_batches = batch_sizes(static, checks.PARITY_BATCHES)
+    rows = checks.parity(graph, sess, test_x[np.arange(static) % len(test_x)] if static else test_x, parity_batches)
     passed, worst, allowed = checks.parity_passes(rows, FP32_TOLERANCE)
     if not passed:
         raise DgmError(f"the ONNX graph of {checkpoint} differs from PyTorch (max abs difference {worst:.2e} > "
                        f"{allowed:.1e} in probabilities or theta, or a different argmax); nothing was "
                        f"registered. Try --opset 18, and report it with the model")
     card = _card(loaded, graph, options, source, checkpoint)
-    test_log_probs = checks.predict_all(ort_fn(sess), test_x)
+    test_log_probs = checks.predict_all(ort_fn(sess), test_x, static)
     card["test_metrics"] = checks.metrics(test_log_probs, test_y)
     n = min(BUNDLE_IMAGES, len(test_x))              # the device's own check: dgm-predict --check
     card["bundle"] = {"file": BUNDLE_NAME, "examples": n, "metrics": checks.metrics(test_log_probs[:n], test_y[:n])}
     bundle_path = options.out_dir / BUNDLE_NAME
     atomic_write(bundle_path, lambda f: np.savez(f, pixels=test_x[:n], labels=test_y[:n]))
-    card["parity"] = {"max_abs_diff": worst, "tolerance": allowed, "batches": list(checks.PARITY_BATCHES)}
+    card["parity"] = {"max_abs_diff": worst, "tolerance": allowed, "batches": list(parity_batches)}
     files = [_write(fp32, card)]
-    batches = ", ".join(map(str, checks.PARITY_BATCHES))
+    batches = ", ".join(map(str, parity_batches))
     out(f"ONNX Runtime = PyTorch to {worst:.1e} (probabilities, theta) at batches {batches}; "
         f"test {_fmt(card['test_metrics'])} on {len(test_x):,} images")
     if options.quantize == "int8":
         int8 = options.out_dir / "model.int8.onnx"
         calibration = None if _is_dense(graph) else loaded.train_x[:CALIBRATION_IMAGES]
-        how = quantize_int8(fp32, int8, calibration)
+        how = quantize_int8(fp32, int8, calibration, static)
         card8 = dict(card, quantization=how, parity=None)
-        int8_log_probs = checks.predict_all(ort_fn(checks.session(int8, [checks.CPU])), test_x)
+        int8_log_probs = checks.predict_all(ort_fn(checks.session(int8, [checks.CPU])), test_x, static)
         card8["test_metrics"] = checks.metrics(int8_log_probs, test_y)
         card8["bundle"] = dict(card["bundle"], metrics=checks.metrics(int8_log_probs[:n], test_y[:n]))
         files.append(_write(int8, card8))
@@ -153,18 +157,20 @@ def _card(loaded: Loaded, graph, options: ExportOptions, source: dict[str, Any],
     shape = list(loaded.test[0].shape[1:])
     classes = len(loaded.classes)
     model = loaded.model
-    log_probs_shape = ["batch", classes] if spec.labels == "single" else ["batch", model.digits, classes]
+    b = options.static_batch or "batch"
+    log_probs_shape = [b, classes] if spec.labels == "single" else [b, model.digits, classes]
     outputs = [{"name": "log_probs", "dtype": "float32", "shape": log_probs_shape,
                 "meaning": "log-probability of each class" + ("" if spec.labels == "single" else ", per position")}]
     if "theta" in graph.outputs:
-        outputs.append({"name": "theta", "dtype": "float32", "shape": ["batch", model.steps, 2, 3],
+        outputs.append({"name": "theta", "dtype": "float32", "shape": [b, model.steps, 2, 3],
                         "meaning": "affine map of each glimpse: output (x, y) in [-1, 1]^2 of the glimpse "
                                    "samples the image at theta @ (x, y, 1), image corners at +-1 "
                                    "(align_corners=True)"})
     return {
         "format": FORMAT, "model": cfg.model.name, "description": spec.description,
         "task": spec.labels, "dataset": cfg.data.dataset, "classes": loaded.classes,
-        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *shape]},
+        "input": {"name": INPUT, "dtype": "uint8", "shape": [options.static_batch or "batch", *shape]},
+        "static_batch": options.static_batch,
         "outputs": outputs, "preprocessing": PREPROCESSING, "resize": RESIZE,
         "inference": graph.inference.description,
         "graph_options": asdict(options.graph), "quantization": "none", "opset": options.opset,

@@ -24,12 +24,16 @@ from dgm_predict.card import metadata
 MAX_BATCH = 65_536
 
 
-def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 20) -> Path:
-    """`graph(example)` as ONNX at `path`; the batch axis (0) is dynamic. The example batch must be
-    at least 2, so the exporter does not specialise the graph to batch 1."""
-    if len(example) < 2:
+def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 20,
+                 static: int | None = None) -> Path:
+    """`graph(example)` as ONNX at `path`; the batch axis (0) is dynamic, or fixed at `static`
+    images (for runtimes that want static shapes). A dynamic export's example batch must hold at
+    least 2 inputs, so the exporter does not specialise the graph to batch 1."""
+    if static:
+        example = example[torch.arange(static) % len(example)]
+    elif len(example) < 2:
         raise ValueError("the example batch must hold at least 2 inputs")
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dynamic = None if static else ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     tmp = path.with_name(path.name + ".part")
     # the exporter prints progress lines and warns about torchvision ops it cannot find: not ours
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -37,7 +41,7 @@ def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opse
         for name in ("torch.onnx", "onnxscript", "torch.export"):
             logging.getLogger(name).setLevel(logging.ERROR)
         torch.onnx.export(graph, (example,), str(tmp), input_names=[INPUT], output_names=list(graph.outputs),
-                          dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, dynamo=True,
+                          dynamic_shapes=dynamic, opset_version=opset, external_data=False, dynamo=True,
                           verbose=False)
     os.replace(tmp, path)
     return path

@@ -28,14 +28,17 @@ STATIC_OPS = ("Conv", "Gemm", "MatMul")
 class _Batches:
     """The CalibrationDataReader protocol: one input dict per call, None at the end."""
 
-    def __init__(self, images: np.ndarray, batch: int = 50):
-        self.it = iter([{INPUT: images[i:i + batch]} for i in range(0, len(images), batch)])
+    def __init__(self, images: np.ndarray, batch: int = 50, static: int | None = None):
+        size = static or batch
+        if static:                     # a static-batch graph takes exactly `static` images a call
+            images = images[np.arange(max(static, len(images) // static * static)) % len(images)]
+        self.it = iter([{INPUT: images[i:i + size]} for i in range(0, len(images), size)])
 
     def get_next(self):
         return next(self.it, None)
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None) -> str:
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None, static_batch: int | None = None) -> str:
     """Write the INT8 model of `fp32` to `out`; `calibration` (uint8 images) selects static
     quantization. Returns a description for the card."""
     from onnxruntime.quantization import (
@@ -59,9 +62,10 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None) -> str:
         if calibration is None:
             quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8)
             return "int8: dynamic (MatMul/Gemm weights int8, activations quantized per batch)"
-        quantize_static(str(pre), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS))
+        batches = _Batches(calibration, static=static_batch)
+        quantize_static(str(pre), str(out), batches, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=list(STATIC_OPS))
         return f"int8: static QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images"
     finally:
         for leftover in (pre, Path(str(pre) + ".data"), out.with_name("augmented_model.onnx")):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dgm_dist.errors import DataError
@@ -25,6 +26,7 @@ from dgm_dist.export.exporter import load_classifier, ort_fn, torch_fn
 from dgm_dist.export.graphs import GraphOptions, build_graph
 from dgm_dist.export.onnx_file import read_metadata
 from dgm_predict.card import from_metadata
+from dgm_predict.measure import batch_sizes
 
 CUDA_TOLERANCE = 1e-3
 FP32_TOLERANCE = 1e-5
@@ -64,21 +66,24 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
     out(f"{path.name}: {card['model']} on {card['dataset']}, {card['quantization']}, providers {used}")
 
     tolerance = CUDA_TOLERANCE if on_cuda else FP32_TOLERANCE
-    rows = checks.parity(graph, sess, x)
+    static = card.get("static_batch")                 # a graph exported with a fixed batch axis
+    sizes = batch_sizes(static, checks.PARITY_BATCHES)
+    at = "/".join(map(str, sizes))
+    rows = checks.parity(graph, sess, x[np.arange(static) % len(x)] if static else x, sizes)
     passed, worst, allowed = checks.parity_passes(rows, tolerance)
     agreement = min(r["argmax_agreement"] for r in rows)
     if int8:
-        results.append({"check": "INT8 argmax agreement with fp32 PyTorch at batch 1/7/64", "passed": True,
+        results.append({"check": f"INT8 argmax agreement with fp32 PyTorch at batch {at}", "passed": True,
                         "detail": f"{100 * agreement:.1f} % (not required: INT8 is judged on the test set)",
                         "rows": rows})
     else:
         rounding = max(r["float32_rounding"] for r in rows)
-        results.append({"check": f"ORT = PyTorch at batch 1/7/64 (probabilities and theta within {tolerance:g}, "
+        results.append({"check": f"ORT = PyTorch at batch {at} (probabilities and theta within {tolerance:g}, "
                                  f"or 10x PyTorch's own float32 rounding; argmax 100 %)", "passed": passed,
                         "detail": f"max abs diff {worst:.2e} (allowed {allowed:.1e}; PyTorch float32 vs float64: "
                                   f"{rounding:.1e}), argmax agreement {100 * agreement:.1f} %", "rows": rows})
 
-    onnx_pred = checks.predict_all(ort_fn(sess), x)
+    onnx_pred = checks.predict_all(ort_fn(sess), x, static)
     torch_pred = checks.predict_all(torch_fn(graph), x)
     m_onnx, m_torch = checks.metrics(onnx_pred, y), checks.metrics(torch_pred, y)
     metric = card["metric"]
@@ -95,7 +100,7 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
                         "detail": f"{100 * m_onnx[metric]:.2f} % vs {100 * m_torch[metric]:.2f} %; "
                                   f"predictions agree on {100 * same:.2f} %"})
 
-    placed = checks.placement(path, providers, x)
+    placed = checks.placement(path, providers, x, static)
     if on_cuda:
         left = placed.get(checks.CPU, {})
         results.append({"check": "every node on CUDA", "passed": True,
@@ -103,7 +108,7 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
                                   f"on CPU: {', '.join(f'{k} x{v}' for k, v in left.items())} "
                                   f"(reported, not failed; export with --opset 18 if GridSample is among them)"})
 
-    timing = _latency(graph, sess, x, threads) if latency else None
+    timing = _latency(graph, sess, x, threads, batch_sizes(static)) if latency else None
     passed = all(r["passed"] for r in results)
     return {"model": str(path), "card": {k: card[k] for k in ("model", "dataset", "quantization", "inference")},
             "passed": passed, "checks": results, "test_metrics": {"onnxruntime": m_onnx, "pytorch": m_torch},
@@ -111,14 +116,15 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
             "test_examples": len(x), "seconds": round(time.time() - started, 1)}
 
 
-def _latency(graph, sess, x, threads: int) -> list[dict[str, Any]]:
-    """ms per call and images/s at batch 1 and 64; torch and ORT on the same number of threads."""
+def _latency(graph, sess, x, threads: int, sizes: tuple[int, ...] = (1, 64)) -> list[dict[str, Any]]:
+    """ms per call and images/s at batch 1 and 64 (a static-batch graph: its batch); torch and ORT on
+    the same number of threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         rows = []
-        for b in (1, 64):
-            batch = x[:b]
+        for b in sizes:
+            batch = x[np.arange(b) % len(x)]
             t_ort = checks.latency_ms(ort_fn(sess), batch)
             t_torch = checks.latency_ms(torch_fn(graph), batch)
             rows.append({"batch": len(batch), "onnxruntime_ms": round(t_ort, 3), "pytorch_ms": round(t_torch, 3),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm_predict.measure import latency_ms, metrics
+from dgm_predict.measure import batch_sizes, latency_ms, metrics
 
 BUNDLE_NAME = "test_bundle.npz"
 BUNDLE_IMAGES = 500
@@ -63,7 +63,7 @@ def check(predictor, path: Path, tolerance_points: float = TOLERANCE_POINTS, sec
     card = predictor.card
     positions = card["outputs"][0]["shape"][1] if card["task"] == "sequence" else None
     pixels, labels = read(path, predictor.shape, positions, len(card["classes"]))
-    log_probs = np.concatenate([predictor.log_probs(pixels[i:i + 250]) for i in range(0, len(pixels), 250)])
+    log_probs = predictor.log_probs(pixels)
     got = metrics(log_probs, labels)
     recorded = (card.get("bundle") or {}).get("metrics")
     report = {"bundle": str(path), "examples": len(pixels), "provider": predictor.session.get_providers()[0],
@@ -84,7 +84,7 @@ def benchmark(predictor, pixels: np.ndarray | None = None, seconds: float = 1.0)
     if pixels is None:
         pixels = np.random.default_rng(0).integers(0, 256, (max(LATENCY_BATCHES), *predictor.shape), dtype=np.uint8)
     rows = []
-    for batch in LATENCY_BATCHES:
+    for batch in batch_sizes(predictor.static, LATENCY_BATCHES):
         x = np.ascontiguousarray(np.resize(pixels, (batch, *pixels.shape[1:])))
         ms = latency_ms(predictor.log_probs, x, seconds)
         rows.append({"batch": batch, "ms": round(ms, 3), "images_per_s": round(1000 * batch / ms, 1)})

@@ -30,3 +30,23 @@ def latency_ms(fn: Callable, x: np.ndarray, seconds: float = 1.0, min_runs: int 
         fn(x)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def in_batches(fn: Callable, x: np.ndarray, static: int | None = None, chunk: int = 250) -> list[np.ndarray]:
+    """`fn` (a list of outputs per call) over all of `x`: in chunks of `chunk`, or of exactly `static`
+    images for a graph exported with a static batch (the last chunk padded with copies of its last
+    image, the padding's outputs dropped)."""
+    size = static or chunk
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, len(x), size):
+        part = x[i:i + size]
+        n = len(part)
+        if static and n < static:
+            part = np.concatenate([part, np.repeat(part[-1:], static - n, axis=0)])
+        parts.append([o[:n] for o in fn(np.ascontiguousarray(part))])
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+def batch_sizes(static: int | None, wanted: tuple[int, ...] = (1, 64)) -> tuple[int, ...]:
+    """The batch sizes a graph can be timed or checked at: `wanted`, or its one static batch."""
+    return (static,) if static else wanted

@@ -26,6 +26,7 @@ import numpy as np
 
 from dgm_predict import bundle, images
 from dgm_predict.card import from_metadata
+from dgm_predict.measure import in_batches
 
 
 class PredictError(Exception):
@@ -172,6 +173,7 @@ class Predictor:
                                f"export one with `dgm-dist export`")
         self.card = card
         self.shape = [int(d) for d in card["input"]["shape"][1:]]
+        self.static = card.get("static_batch")      # a graph with a fixed batch axis: fed exactly that many
         self._check_graph_against_card(model_path)
 
     def _check_graph_against_card(self, model_path: Path) -> None:
@@ -187,12 +189,15 @@ class Predictor:
                                f"{want.get('name')!r} of shape [N, {', '.join(map(str, self.shape))}] and output "
                                f"'log_probs'; the graph: inputs {graph}, outputs {sorted(outputs)}); export it again")
 
+    def outputs(self, pixels: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+        """The graph's outputs for any number of images (chunked, and padded for a static batch)."""
+        return in_batches(lambda x: self.session.run(names, {self.card["input"]["name"]: x}), pixels, self.static)
+
     def log_probs(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(["log_probs"], {self.card["input"]["name"]: pixels})[0]
+        return self.outputs(pixels, ["log_probs"])[0]
 
     def predict(self, pixels: np.ndarray, top: int = 3) -> list[dict]:
-        outputs = dict(zip([o.name for o in self.session.get_outputs()],
-                           self.session.run(None, {self.card["input"]["name"]: pixels}), strict=True))
+        outputs = dict(zip([o.name for o in self.session.get_outputs()], self.outputs(pixels), strict=True))
         probs = np.exp(outputs["log_probs"])
         classes = self.card["classes"]
         results = []
