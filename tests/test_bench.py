@@ -101,6 +101,8 @@ def test_png_decode_times_both_decoders_at_the_models_sizes():
     for size in ("28x28", "100x100"):
         for kind in ("grey, smooth", "RGB, noise"):
             assert re.search(rf"^{size} {kind}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out, re.M), out
+    for resize in ("640x480 -> 28x28", "640x480 RGB -> 100x100", "4096x4096 -> 28x28"):
+        assert re.search(rf"^{resize}\s+{NUMBER}$", out, re.M), out
 
 
 def test_tune_asha_runs_the_same_trials_with_and_without_early_stopping():

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -215,8 +216,13 @@ def test_a_ray_job_trains_on_the_cluster_and_is_tracked(jobs_cluster, tmp_path):
     entry = [sys.executable, "-m", "dgm_dist.cli", "train", "mlp", "--dataset", "mnist", "--data-dir", str(data),
              "--workers", "1", "--epochs", "1", "--run-name", "from-a-job", "--set", "data.validation=100",
              "--set", "model.hidden=16", "--set", f"tracking.root={root}"]
-    submitted = _ray("job", "submit", "--address", url, "--submission-id", "dgm-job-1", "--no-wait", "--", *entry,
-                     env=env)
+    deadline = time.time() + 90                 # the job server starts with the dashboard, a little after `ray start`
+    while True:
+        submitted = _ray("job", "submit", "--address", url, "--submission-id", "dgm-job-1", "--no-wait", "--",
+                         *entry, env=env)
+        if submitted.returncode == 0 or time.time() > deadline or "already exists" in submitted.stderr:
+            break
+        time.sleep(3)
     assert submitted.returncode == 0, submitted.stderr
     logs = _ray("job", "logs", "--address", url, "--follow", "dgm-job-1", env=env)        # until the job ends
     assert "epoch 1/1" in logs.stdout and "test_error" in logs.stdout, logs.stdout[-3000:] + logs.stderr[-3000:]

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,11 +41,12 @@ def _pg_bin(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     """A PostgreSQL server of its own: a fresh data directory, 127.0.0.1 and a free port only, trust
     authentication (nothing else can reach it), run as `postgres` when the tests run as root
     (PostgreSQL refuses root)."""
-    base = tmp_path_factory.mktemp("pg")
+    # not under pytest's 0700 temporary root: the `postgres` user must be able to reach it
+    base = Path(tempfile.mkdtemp(prefix="dgm-pg-"))
     data, sockets = base / "data", base / "sock"
     sockets.mkdir()
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -65,6 +67,7 @@ def postgres(tmp_path_factory):
     finally:
         subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True,
                        timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
