@@ -155,9 +155,8 @@ def area_weights(size_in: int, size_out: int) -> np.ndarray:
 def resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 (H, W[, C]) -> uint8 (height, width[, C]) by area averaging (stretch: no crop, no pad)."""
     rows, cols = area_weights(pixels.shape[0], height), area_weights(pixels.shape[1], width)
-    image = pixels.astype(np.float64)
-    out = np.einsum("ih,hw...->iw...", rows, image)
-    out = np.einsum("jw,iw...->ij...", cols, out)
+    out = np.tensordot(rows, pixels.astype(np.float64), axes=(1, 0))      # (height, W[, C]), by BLAS
+    out = np.moveaxis(np.tensordot(cols, out, axes=(1, 1)), 0, 1)         # (height, width[, C])
     return np.rint(out).clip(0, 255).astype(np.uint8)
 
 
