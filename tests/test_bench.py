@@ -96,6 +96,12 @@ def test_train_overhead_measures_one_and_two_workers(preset):
     assert re.search(rf"^{preset}: {kind}$", out, re.M), out
 
 
+def test_host_sync_compares_the_check_every_step_with_every_50():
+    out = run("host_sync.py", "--quick")
+    assert re.search(rf"^1 step\(s\)\s+{NUMBER}$", out, re.M) and re.search(rf"^50 step\(s\)\s+{NUMBER}$", out, re.M)
+    assert re.search(rf"every 50 / every step: {NUMBER}", out), out
+
+
 def test_png_decode_times_both_decoders_at_the_models_sizes():
     out = run("png_decode.py")
     for size in ("28x28", "100x100"):
