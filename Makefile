@@ -49,10 +49,8 @@ postgresql:
 run: setup fashion-mnist
 	$(VENV)/bin/dgm-dist pipeline --preset quick
 
-# Two processes, each taking whole test files (module fixtures are built once; most slow tests wait
-# on Ray's start-up and subprocesses, so two at a time fit 2 cores).
 test: setup fashion-mnist postgresql lint
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q
 
 # The tests that start no Ray, Tune, export or benchmark (the `slow` marker): a quick check while working.
 test-fast: setup fashion-mnist lint
