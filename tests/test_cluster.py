@@ -195,11 +195,11 @@ def jobs_cluster(tmp_path):
     port, dashboard = _port(), _port()
     head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                "--disable-usage-stats", env=env)
+                f"--dashboard-agent-listen-port={_port()}", "--disable-usage-stats", env=env)
     assert head.returncode == 0, head.stderr
     try:
         worker = _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                      "--disable-usage-stats", env=env)
+                      f"--dashboard-agent-listen-port={_port()}", "--disable-usage-stats", env=env)
         assert worker.returncode == 0, worker.stderr
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
@@ -227,7 +227,7 @@ def test_a_ray_job_trains_on_the_cluster_and_is_tracked(jobs_cluster, tmp_path):
     logs = _ray("job", "logs", "--address", url, "--follow", "dgm-job-1", env=env)        # until the job ends
     assert "epoch 1/1" in logs.stdout and "test_error" in logs.stdout, logs.stdout[-3000:] + logs.stderr[-3000:]
     status = _ray("job", "status", "--address", url, "dgm-job-1", env=env)
-    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert "Job 'dgm-job-1' succeeded" in status.stdout, status.stdout + status.stderr
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("dgm-dist").experiment_id],
                                 "attributes.run_name = 'from-a-job'")

@@ -525,12 +525,15 @@ def test_the_predictor_rejects_bad_inputs_with_one_clear_line(exported, tmp_path
         (exported["mlp"], "dtype.npy", "pixels of dtype int64"),
         (exported["mlp"], "nan.npy", "NaN or infinite"),
         (exported["mlp"], "range.npy", "must lie in [0, 1]"),
-        (exported["mlp"], "small.png", "shape (20, 20)"),
         (exported["mlp"], "text.png", "not a PNG file"),
         (exported["mlp"], "missing.npy", "no such file"),
         (tmp_path / "model.onnx", "nan.npy", "not an ONNX model"),
         (tmp_path / "other.onnx", "nan.npy", "not a dgm-dist classifier"),
     ]
+    # an image of another size is resized by area averaging (the card's method), or refused with --no-resize
+    assert predict(exported["mlp"], tmp_path / "small.png").returncode == 0
+    refused = predict(exported["mlp"], tmp_path / "small.png", "--no-resize")
+    assert refused.returncode == 2 and "an image of 20x20 pixels; the model takes 28x28" in refused.stderr
     for model, name, message in cases:
         done = predict(model, tmp_path / name)
         assert done.returncode == 2, (name, done.stderr)
@@ -555,7 +558,7 @@ def test_the_edge_package_installs_alone_and_runs_every_classifier_kind(edge_ven
     absent = subprocess.run([str(edge_venv / "bin" / "python"), "-c",
                              "import importlib.util as u; print([m for m in ('torch', 'ray', 'mlflow', 'onnx', "
                              "'dgm_dist', 'dgm_predict', 'onnxruntime') if u.find_spec(m) is None])"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)   # not the checkout
     assert absent.stdout.strip() == "['torch', 'ray', 'mlflow', 'onnx', 'dgm_dist']", absent.stderr
     rng = np.random.default_rng(3)
     for name, model in exported.items():

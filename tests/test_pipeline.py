@@ -41,7 +41,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_path, data_dir, capsys):
-    """Interrupted (SIGTERM) inside its second study, then resumed by name: the first family is kept,
+    """Interrupted (Ctrl-C) inside its second study, then resumed by name: the first family is kept,
     the second study resumes from Tune's state, the third runs; one MLflow run throughout."""
     mnist = {"data.dataset": "mnist", "data.data_dir": str(data_dir), "data.validation": 100}
     files = {
@@ -70,7 +70,7 @@ def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_p
             lines.append(line)
             in_lvae = in_lvae or line.startswith("[lvae] study")
             if in_lvae and line.startswith("trial ") and " epoch 1:" in line:
-                proc.send_signal(signal.SIGTERM)          # inside the lvae study, its first trial half done
+                proc.send_signal(signal.SIGINT)           # Ctrl-C inside the lvae study, its first trial half done
                 in_lvae = False
         proc.wait(timeout=300)
     finally:
@@ -78,7 +78,9 @@ def test_the_pipeline_runs_studies_exports_validates_registers_and_reports(tmp_p
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(lines)
     assert proc.returncode != 0 and "[lvae] study" in text, text[-3000:]
-    name = re.search(r"dgm-dist pipeline --resume (pipeline-quick-[0-9-]+) --set tracking.root=", text).group(1)
+    found = re.search(r"dgm-dist pipeline --resume (pipeline-quick-[0-9-]+) --set tracking.root=", text)
+    assert found, text[-4000:]
+    name = found.group(1)
     first_run = re.search(rf"{name}: .*MLflow run ([0-9a-f]+)", text).group(1)
 
     code = main(["pipeline", "--resume", name, "--set", f"tracking.root={root}", "--json"])

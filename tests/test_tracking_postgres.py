@@ -63,7 +63,7 @@ def postgres():
     try:
         subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
                        check=True, capture_output=True, timeout=60)
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"      # psycopg2: the postgres extra
     finally:
         subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True,
                        timeout=120)

@@ -133,10 +133,10 @@ PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 
 
 def _providers(provider: str | None, available: list[str]) -> list[str]:
-    """ONNX Runtime providers to try in order: every available one by default; with --provider
+    """ONNX Runtime providers to try in order: every available one on this device by default; with --provider
     that one (short names as in PROVIDER_NAMES, or ORT's own), then the CPU for nodes it lacks."""
-    if provider is None:
-        return available
+    if provider is None:                  # the Azure provider runs models remotely, not on this device
+        return [p for p in available if p != "AzureExecutionProvider"]
     name = PROVIDER_NAMES.get(provider.lower(), provider)
     if name not in available:
         short = {v: k for k, v in PROVIDER_NAMES.items()}
