@@ -110,6 +110,10 @@ worker_start_ray_commands:
 """)
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     config = str(work / "local.yaml")
+    # a checkout from before tune_spaces/ became a link blocks rsync from replacing it (docs/cluster.md)
+    stale = HOME / "dgm-dist" / "tune_spaces"
+    if stale.is_dir() and not stale.is_symlink():
+        shutil.rmtree(stale)
     sh(RAY, "up", "-y", "--no-config-cache", config, env=env, timeout=1200)
     try:
         done = sh(RAY, "submit", config, str(ROOT / "submit.py"), "--", "train", "mlp-fashion", "--workers", "1",
