@@ -125,6 +125,14 @@ def version() -> str:
     return __version__
 
 
+class _Version(argparse.Action):
+    """--version, asking git only when it is given (not on every start of the CLI)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"dgm-dist {version()}")                 # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgm-dist", formatter_class=_formatter,
@@ -136,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  dgm-dist tune lvae_warmup_bn_cpu --dry-run\n"
                "  dgm-dist export RUN_NAME && dgm-dist validate runs/exports/RUN_NAME/model.onnx\n"
                "each command's --help shows its own examples")
-    parser.add_argument("--version", action="version", version=f"dgm-dist {version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and the commit) and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (_add_data, _add_config, _add_train, _add_evaluate, _add_tune, _add_pipeline, _add_export,
                 _add_fetch, _add_runs, _add_validate, _add_doctor):

@@ -250,8 +250,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         value = r["test_value"]
-        test = "–" if value is None else (f"{r['test_metric']} {100 * value:.2f} %" if "error" in r["test_metric"]
-                                         else f"{r['test_metric']} {value:.2f}")
+        test = "–" if value is None else f"{r['test_metric']} {_figure(r['test_metric'], value)}"
         onnx = "–" if "onnx" not in r else f"{r['registered']} ({'passed' if r['validated'] else 'FAILED'})"
         speed = "–" if r.get("ort_speedup_batch_1") is None else \
             f"{r['ort_speedup_batch_1']:.2f}× / {r['ort_speedup_batch_64']:.2f}×"
