@@ -1,6 +1,7 @@
 """The documentation's links resolve: every relative link of README.md and docs/*.md names a file of
 the repository, and every #anchor a heading of that file (GitHub's slugs)."""
 
+import os
 import re
 from pathlib import Path
 
@@ -53,9 +54,13 @@ def test_the_makefile_never_sudoes_and_clean_keeps_the_runs():
     if not shutil.which("make"):
         pytest.fail("make is needed: the README's two set-up commands are make targets")
 
+    # Run as a top-level make: under `make test` the outer make's MAKEFLAGS (its VENV=…, -w) would
+    # reach this one and print "Entering directory" lines into the dry run.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
     def dry(*targets):
-        done = subprocess.run(["make", "-n", "-B", *targets, "VENV=/nonexistent-venv"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(["make", "--no-print-directory", "-n", "-B", *targets, "VENV=/nonexistent-venv"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
