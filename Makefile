@@ -49,8 +49,12 @@ postgresql:
 run: setup fashion-mnist
 	$(VENV)/bin/dgm-dist pipeline --preset quick
 
+# Two processes (TEST_PROCESSES): most slow tests wait on Ray's start-up, subprocesses and servers.
+# Tests go one at a time to whichever process is free; a file whose module fixtures are costly is
+# one xdist_group, run whole on one process (docs/testing.md).
+TEST_PROCESSES ?= 2
 test: setup fashion-mnist postgresql lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
 
 # The tests that start no Ray, Tune, export or benchmark (the `slow` marker): a quick check while working.
 test-fast: setup fashion-mnist lint

@@ -114,6 +114,7 @@ def ray_train(device: str, quick: bool) -> None:
     from dgm_dist.training.launcher import train
 
     gpu = device == "cuda"
+    # one local Ray for the probe and the training (train() joins a Ray this process started)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -123,17 +124,17 @@ def ray_train(device: str, quick: bool) -> None:
             print(f"probe: backend {m['backend']} on {m['device']} ({m['name']}), all-reduce {m['sum']:.0f} "
                   f"(expected 1)")
             assert m["backend"] == ("nccl" if gpu else "gloo") and m["sum"] == 1.0, m
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config("mlp-fashion", overrides=[
+                "scaling.workers=1", f"scaling.use_gpu={'true' if gpu else 'false'}", "optim.epochs=1",
+                f"tracking.root={tmp}/runs", *data_overrides(Path(tmp)),
+                *(["data.labels=2000"] if quick else [])])
+            run = train(cfg, out=None)
     finally:
         ray.shutdown()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config("mlp-fashion", overrides=[
-            "scaling.workers=1", f"scaling.use_gpu={'true' if gpu else 'false'}", "optim.epochs=1",
-            f"tracking.root={tmp}/runs", *data_overrides(Path(tmp)),
-            *(["data.labels=2000"] if quick else [])])
-        run = train(cfg, out=None)
-        h = run.history[-1]
-        print(f"dgm-dist train mlp-fashion, 1 epoch on {device}: {h['throughput']:,.0f} examples/s, "
-              f"test error {100 * h['test_error']:.2f} %, start to first step {run.startup_seconds:.1f} s")
+    h = run.history[-1]
+    print(f"dgm-dist train mlp-fashion, 1 epoch on {device}: {h['throughput']:,.0f} examples/s, "
+          f"test error {100 * h['test_error']:.2f} %, start to first step {run.startup_seconds:.1f} s (Ray already up)")
 
 
 @section("3. training throughput: eager vs torch.compile (CUDA graphs)")

@@ -30,13 +30,16 @@ def main() -> None:
     held_out = 58_000 if args.quick else 40_000
     rates = {}
     with tempfile.TemporaryDirectory() as root:
-        for every in (1, 50):
-            launcher.check_every = lambda cfg, every=every: every          # what the driver hands the workers
-            cfg = load_config("mlp-fashion", overrides=[
+        def cfg():
+            return load_config("mlp-fashion", overrides=[
                 f"scaling.workers={args.workers}", "scaling.cpus_per_worker=1", f"optim.epochs={epochs}",
                 f"scaling.checkpoint_every={epochs}", f"data.validation={held_out}", f"tracking.root={root}"])
-            result = launcher.train(cfg, run_name=f"check-every-{every}", out=None)
-            rates[every] = statistics.median(h["throughput"] for h in result.history[1:] or result.history)
+
+        with launcher.RaySession(cfg().scaling, verbose=False):      # one local Ray for both runs
+            for every in (1, 50):
+                launcher.check_every = lambda cfg, every=every: every      # what the driver hands the workers
+                result = launcher.train(cfg(), run_name=f"check-every-{every}", out=None)
+                rates[every] = statistics.median(h["throughput"] for h in result.history[1:] or result.history)
     print(f"mlp-fashion, {args.workers} worker(s), {os.cpu_count()} cores: training examples/s")
     print(f"{'check every':<14} {'examples/s':>11}")
     for every, rate in rates.items():

@@ -26,7 +26,9 @@ from dgm_dist.export.registry import fluent_uri
 from dgm_dist.models.registry import DataInfo, build_model
 from dgm_predict.card import from_metadata
 
-pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+# slow: not in `make test-fast`; one xdist group: the module's fixtures (every kind trained and
+# exported, the edge venv) are built once, on one of `make test`'s processes
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 
 SEQUENCE = {"n_train": 100, "n_valid": 30, "n_test": 70, "valid_digits": 100, "clutter_pool": 500}
 TINY = {

@@ -21,7 +21,8 @@ from dgm_dist.config import load_config
 from dgm_dist.training import state
 from dgm_dist.training.launcher import train
 
-pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+# slow: not in `make test-fast`; one xdist group: the module's MLflow server is started once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 
 def _port() -> int:

@@ -13,7 +13,8 @@ import psutil
 import pytest
 from formats import write_mnist_dir
 
-pytestmark = pytest.mark.slow
+# slow: not in `make test-fast`; one xdist group: the embedded run the tests inspect is started once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("listeners")]
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 

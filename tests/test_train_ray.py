@@ -25,7 +25,8 @@ from dgm_dist.training.evaluation import evaluate_model
 from dgm_dist.training.faults import KillWorker
 from dgm_dist.training.launcher import drill_marker, storage_path, train
 
-pytestmark = pytest.mark.slow      # starts Ray, Tune, exports or benchmarks: not in `make test-fast`
+# slow: not in `make test-fast`; one xdist group: the module's tests share one local Ray
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_ray")]
 
 TIMING_KEYS = ("epoch_seconds", "throughput", "first_step_at")
 
