@@ -318,6 +318,9 @@ def _add_export(commands) -> None:
     p.add_argument("run", nargs="?", metavar="RUN", help="checkpoint directory, run name, or MLflow run id")
     p.add_argument("--study", metavar="STUDY", help="export the best trial of this Tune study instead")
     p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx (ONNX Runtime quantization)")
+    p.add_argument("--half", action="store_true",
+                   help="also write model.fp16.onnx: weights and activations in float16 (uint8 in, float32 out), "
+                        "its probabilities within 1e-2 of PyTorch's")
     p.add_argument("--opset", type=int, default=20, metavar="N", help="ONNX opset (default 20; 18 for older runtimes)")
     p.add_argument("--static-batch", type=int, metavar="N",
                    help="fix the batch axis at N images, for runtimes that want static shapes (TensorRT, NPUs); "
@@ -378,6 +381,8 @@ def _add_validate(commands) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="threads for both runtimes (default: torch's)")
     p.add_argument("--int8-max-drop", type=float, default=0.5, metavar="POINTS",
                    help="largest allowed loss of an INT8 model, in percentage points (default 0.5)")
+    p.add_argument("--fp16-max-drop", type=float, default=0.2, metavar="POINTS",
+                   help="largest allowed loss of an FP16 model (export --half), in percentage points (default 0.2)")
     p.add_argument("--no-latency", action="store_true", help="skip the timing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_validate)
@@ -657,7 +662,7 @@ def cmd_export(args) -> dict:
     run_dir = checkpoint.parent.name if checkpoint.name.startswith("checkpoint") else checkpoint.name
     out_dir = Path(args.out) if args.out else Path(cfg.tracking.root) / "exports" / run_dir
     out = say
-    options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir, args.static_batch)
+    options = ExportOptions(out_dir, args.opset, args.quantize, graph, args.data_dir, args.static_batch, args.half)
     result = export_and_register(checkpoint, options, source, out,
                                  None if args.no_register else (uri, cfg.tracking.experiment), args.name,
                                  f"export-{run_dir}")
@@ -675,11 +680,11 @@ def cmd_export(args) -> dict:
 def cmd_validate(args) -> dict:
     from dgm_dist.export.validator import format_report, validate_model
 
-    if args.threads is not None and args.threads < 1 or args.int8_max_drop < 0:
-        raise DgmError("--threads must be >= 1 and --int8-max-drop >= 0")
+    if args.threads is not None and args.threads < 1 or args.int8_max_drop < 0 or args.fp16_max_drop < 0:
+        raise DgmError("--threads must be >= 1, and --int8-max-drop and --fp16-max-drop >= 0")
     out = say
     result = validate_model(Path(args.model), args.data_dir, args.dataset, args.checkpoint, args.provider,
-                            args.threads, args.int8_max_drop, not args.no_latency, out)
+                            args.threads, args.int8_max_drop, not args.no_latency, out, args.fp16_max_drop)
     if not args.json:
         print(format_report(result))
     return result

@@ -23,11 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm_dist.errors import DataError
+from dgm_dist.errors import DataError, DgmError
 from dgm_dist.export.graphs import INPUT
 from dgm_predict.measure import in_batches, latency_ms, metrics  # noqa: F401 -- shared with dgm-predict
+from dgm_predict.probe import crash
 
 PARITY_BATCHES = (1, 7, 64)
+# An FP16 graph (export --half) against fp32 PyTorch, in probabilities and theta: float16 keeps 11
+# significant bits, so a probability moves by up to ~1e-3 through a deep graph (2e-3 measured on
+# the RNN-SPN); a wrong conversion shows at 0.1 and above.
+FP16_TOLERANCE = 1e-2
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -59,9 +64,14 @@ def providers_for(choice: str) -> list[str]:
     return [CPU]
 
 
-def session(path: Path, providers: list[str], threads: int | None = None, profile: str | None = None):
+def session(path: Path, providers: list[str], threads: int | None = None, profile: str | None = None,
+            probe: bool = False):
+    """An ONNX Runtime session; with `probe` (FP16 graphs) loaded first in a child process, so that a
+    crash of ONNX Runtime is a one-line error (dgm_predict/probe.py)."""
     import onnxruntime as ort
 
+    if probe and (why := crash(path, providers)):
+        raise DgmError(f"{why}; use the float32 or INT8 export instead (docs/export.md, FP16)")
     so = ort.SessionOptions()
     so.log_severity_level = 3                      # errors only; a CUDA fallback is reported by us
     if threads:

@@ -25,7 +25,7 @@ from dgm_dist.errors import DataError, DgmError
 from dgm_dist.export import checks
 from dgm_dist.export.graphs import INPUT, GraphOptions, build_graph, run_graph
 from dgm_dist.export.onnx_file import export_graph, set_card
-from dgm_dist.export.quantize import quantize_int8
+from dgm_dist.export.quantize import quantize_int8, to_fp16
 from dgm_dist.fileio import atomic_write
 from dgm_dist.models.registry import model_spec
 from dgm_dist.training import data as training_data
@@ -47,6 +47,7 @@ class ExportOptions:
     graph: GraphOptions = GraphOptions()
     data_dir: str | None = None
     static_batch: int | None = None      # a fixed batch axis of this many images (None: dynamic)
+    half: bool = False                   # also write model.fp16.onnx
 
 
 @dataclass
@@ -116,7 +117,8 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
 
     sess = checks.session(fp32, [checks.CPU])
     parity_batches = batch_sizes(static, checks.PARITY_BATCHES)
-    rows = checks.parity(graph, sess, test_x[np.arange(static) % len(test_x)] if static else test_x, parity_batches)
+    parity_images = test_x[np.arange(static) % len(test_x)] if static else test_x
+    rows = checks.parity(graph, sess, parity_images, parity_batches)
     passed, worst, allowed = checks.parity_passes(rows, FP32_TOLERANCE)
     if not passed:
         raise DgmError(f"the ONNX graph of {checkpoint} differs from PyTorch (max abs difference {worst:.2e} > "
@@ -144,6 +146,27 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
         card8["bundle"] = dict(card["bundle"], metrics=checks.metrics(int8_log_probs[:n], test_y[:n]))
         files.append(_write(int8, card8))
         out(f"INT8 ({how}): test {_fmt(card8['test_metrics'])}")
+    if options.half:
+        fp16 = options.out_dir / "model.fp16.onnx"
+        how = to_fp16(fp32, fp16)
+        try:
+            sess16 = checks.session(fp16, [checks.CPU], probe=True)
+        except DgmError:
+            fp16.unlink()                            # the fp32 (and INT8) files stay
+            raise
+        rows16 = checks.parity(graph, sess16, parity_images, parity_batches)
+        worst16 = max(d for r in rows16 for d in r["max_abs_diff"].values())
+        if worst16 > checks.FP16_TOLERANCE:
+            raise DgmError(f"the FP16 graph of {checkpoint} differs from PyTorch by {worst16:.2e} in probabilities "
+                           f"or theta (allowed {checks.FP16_TOLERANCE:g}); export it without --half")
+        card16 = dict(card, quantization=how, parity={"max_abs_diff": worst16, "tolerance": checks.FP16_TOLERANCE,
+                                                      "batches": list(parity_batches)})
+        fp16_log_probs = checks.predict_all(ort_fn(sess16), test_x, static)
+        card16["test_metrics"] = checks.metrics(fp16_log_probs, test_y)
+        card16["bundle"] = dict(card["bundle"], metrics=checks.metrics(fp16_log_probs[:n], test_y[:n]))
+        files.append(_write(fp16, card16))
+        out(f"FP16: ONNX Runtime = PyTorch to {worst16:.1e} (allowed {checks.FP16_TOLERANCE:g}); "
+            f"test {_fmt(card16['test_metrics'])}")
     return {"files": [str(f) for f in files], "bundle": str(bundle_path), "card": card,
             "seconds": round(time.time() - started, 1), "example": test_x[:2]}
 

@@ -19,7 +19,7 @@ from dgm_dist.tracking import quiet_mlflow
 from dgm_predict.bundle import BUNDLE_NAME
 from dgm_predict.card import from_metadata
 
-CARD_FILES = ("model_card.json", "model.int8.card.json")
+CARD_FILES = ("model_card.json", "model.int8.card.json", "model.fp16.card.json")
 
 
 def parse(model: str) -> tuple[str, str | None, str | None]:

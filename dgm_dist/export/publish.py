@@ -20,7 +20,7 @@ def export_and_register(checkpoint: Path, options: ExportOptions, source: dict[s
                         out: Callable[[str], Any], registry: tuple[str, str] | None, name: str | None = None,
                         run_name: str = "export") -> dict[str, Any]:
     """Export `checkpoint` (the fp32 graph, and INT8 when asked), then, when `registry` is
-    (tracking URI, experiment), log and register every file: the INT8 one as `<name>-int8`. The
+    (tracking URI, experiment), log and register every file: the INT8 and FP16 ones as `<name>-int8`, `<name>-fp16`. The
     `champion` alias moves only where `register` finds the new version better on the same test set.
     Returns the export's result with `registered` (one entry per file) and without the input example."""
     from dgm_dist.export.registry import register
@@ -33,10 +33,10 @@ def export_and_register(checkpoint: Path, options: ExportOptions, source: dict[s
     uri, experiment = registry
     name = name or registered_name(result["card"])
     for path in map(Path, result["files"]):
-        int8 = ".int8." in path.name
-        card_path = path.with_name("model.int8.card.json" if int8 else "model_card.json")
+        kind = next((k for k in ("int8", "fp16") if f".{k}." in path.name), None)
+        card_path = path.with_name(f"model.{kind}.card.json" if kind else "model_card.json")
         reg = register(uri, experiment, path, json.loads(card_path.read_text()), example,
-                       name + ("-int8" if int8 else ""), run_name, [card_path, Path(result["bundle"])])
+                       name + (f"-{kind}" if kind else ""), run_name, [card_path, Path(result["bundle"])])
         result["registered"].append(reg)
         out(f"registered {reg['registered_model']} version {reg['version']}: "
             + ("alias champion (" + reg["champion_reason"] + ")" if reg["champion"] else reg["champion_reason"]))

@@ -1,4 +1,4 @@
-"""INT8 with ONNX Runtime's quantizer.
+"""INT8 with ONNX Runtime's quantizer, and FP16 with its float16 converter.
 
 - Convolutional models (CNN, CNN-SPN, RNN-SPN): static QDQ, per-channel weights, activation ranges
   calibrated (MinMax) on training images. GridSample and GRU stay float: ORT has no INT8 kernels
@@ -6,7 +6,9 @@
 - Dense models (MLP, M2/ADGM/SDGM): dynamic quantization of the MatMul/Gemm weights; activations
   are quantized per batch at run time, so no calibration is needed.
 Pre-processing (`quant_pre_process`: shape inference, graph optimisation) comes first, as ORT
-recommends. The accuracy change is checked by `dgm-dist validate`, not assumed.
+recommends. FP16 (`--half`): every float initializer and operation in float16, the uint8 input and
+the float32 outputs kept (`keep_io_types`), ops ORT has no float16 kernel for left in float32 by
+the converter. The accuracy change is checked by `dgm-dist validate`, not assumed.
 """
 
 from __future__ import annotations
@@ -71,3 +73,21 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None, static_
         for leftover in (pre, Path(str(pre) + ".data"), out.with_name("augmented_model.onnx")):
             if leftover.exists():
                 os.remove(leftover)
+
+
+FP16 = "fp16: weights and activations in float16 (uint8 in, float32 out; ONNX Runtime's converter)"
+
+
+def to_fp16(fp32: Path, out: Path) -> str:
+    """Write the float16 model of `fp32` to `out`. Returns a description for the card."""
+    import warnings
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # the converter warns about values it clips to fp16's range
+        half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    tmp = out.with_name(out.name + ".part")
+    onnx.save(half, str(tmp))
+    os.replace(tmp, out)
+    return FP16

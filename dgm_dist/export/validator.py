@@ -34,7 +34,8 @@ FP32_TOLERANCE = 1e-5
 
 def validate_model(path: Path, data_dir: str | None = None, dataset: str | None = None,
                    checkpoint: str | None = None, provider: str = "auto", threads: int | None = None,
-                   int8_max_drop: float = 0.5, latency: bool = True, out=print) -> dict[str, Any]:
+                   int8_max_drop: float = 0.5, latency: bool = True, out=print,
+                   fp16_max_drop: float = 0.2) -> dict[str, Any]:
     started = time.time()
     if not path.is_file():
         raise DataError(f"{path}: no such file; give the .onnx file that `dgm-dist export` wrote")
@@ -51,11 +52,12 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
     graph = build_graph(loaded.model, GraphOptions(**card["graph_options"]))
     x, y = loaded.test
     threads = threads or torch.get_num_threads()
-    int8 = card["quantization"] != "none"
+    fp16 = card["quantization"].startswith("fp16")
+    int8 = card["quantization"] != "none" and not fp16
     results: list[dict[str, Any]] = [{"check": "onnx.checker (full)", "passed": True}]
 
     providers = checks.providers_for(provider)
-    sess = checks.session(path, providers, threads)
+    sess = checks.session(path, providers, threads, probe=fp16)
     used = sess.get_providers()
     on_cuda = used[0] == checks.CUDA
     if providers[0] == checks.CUDA:
@@ -65,7 +67,7 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
                                   "(CUDA 13 / cuDNN 9 libraries missing?)")})
     out(f"{path.name}: {card['model']} on {card['dataset']}, {card['quantization']}, providers {used}")
 
-    tolerance = CUDA_TOLERANCE if on_cuda else FP32_TOLERANCE
+    tolerance = checks.FP16_TOLERANCE if fp16 else CUDA_TOLERANCE if on_cuda else FP32_TOLERANCE
     static = card.get("static_batch")                 # a graph exported with a fixed batch axis
     sizes = batch_sizes(static, checks.PARITY_BATCHES)
     at = "/".join(map(str, sizes))
@@ -76,6 +78,10 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
         results.append({"check": f"INT8 argmax agreement with fp32 PyTorch at batch {at}", "passed": True,
                         "detail": f"{100 * agreement:.1f} % (not required: INT8 is judged on the test set)",
                         "rows": rows})
+    elif fp16:                                        # float16 keeps 11 bits: judged against a stated bound
+        results.append({"check": f"FP16 = fp32 PyTorch at batch {at} (probabilities and theta within {tolerance:g})",
+                         "passed": worst <= tolerance,
+                         "detail": f"max abs diff {worst:.2e}, argmax agreement {100 * agreement:.1f} %", "rows": rows})
     else:
         rounding = max(r["float32_rounding"] for r in rows)
         results.append({"check": f"ORT = PyTorch at batch {at} (probabilities and theta within {tolerance:g}, "
@@ -88,10 +94,11 @@ def validate_model(path: Path, data_dir: str | None = None, dataset: str | None 
     m_onnx, m_torch = checks.metrics(onnx_pred, y), checks.metrics(torch_pred, y)
     metric = card["metric"]
     same = float((onnx_pred.argmax(-1) == torch_pred.argmax(-1)).mean())
-    if int8:
+    if int8 or fp16:
         drop = 100 * (m_onnx[metric] - m_torch[metric])
-        results.append({"check": f"INT8 test {metric} within {int8_max_drop:g} points of fp32 PyTorch",
-                        "passed": drop <= int8_max_drop,
+        kind, allowed_drop = ("FP16", fp16_max_drop) if fp16 else ("INT8", int8_max_drop)
+        results.append({"check": f"{kind} test {metric} within {allowed_drop:g} points of fp32 PyTorch",
+                        "passed": drop <= allowed_drop,
                         "detail": f"{100 * m_onnx[metric]:.2f} % vs {100 * m_torch[metric]:.2f} % "
                                   f"({drop:+.2f} points; predictions agree on {100 * same:.2f} %)"})
     else:

@@ -27,6 +27,7 @@ import numpy as np
 from dgm_predict import bundle, images
 from dgm_predict.card import from_metadata
 from dgm_predict.measure import in_batches
+from dgm_predict.probe import crash
 
 
 class PredictError(Exception):
@@ -158,6 +159,9 @@ class Predictor:
 
         if not model_path.is_file():
             raise PredictError(f"{model_path}: no such model file")
+        # an FP16 graph (export --half) is loaded in a child process first: it once crashed ORT (probe.py)
+        if model_path.name.endswith(".fp16.onnx") and (why := crash(model_path, providers)):
+            raise PredictError(f"{why}; use model.onnx (float32) or model.int8.onnx on this device")
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
