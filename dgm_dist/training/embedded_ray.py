@@ -53,13 +53,21 @@ def private_token() -> Path | None:
     if path is None:
         return None
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        info = path.stat()
-        if info.st_uid == os.getuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            path.chmod(0o600)
+    if not path.exists():
+        # written whole under another name, then linked into place: two runs starting at once
+        # (e.g. the test suite's two processes) never read a half-written token, and the first wins
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(part, path)
+        except FileExistsError:
+            pass
+        finally:
+            part.unlink()
         return path
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        path.chmod(0o600)
     return path
