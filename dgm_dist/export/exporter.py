@@ -149,16 +149,16 @@ def export_checkpoint(checkpoint: Path, options: ExportOptions, source: dict[str
     if options.half:
         fp16 = options.out_dir / "model.fp16.onnx"
         how = to_fp16(fp32, fp16)
-        try:
+        try:                                         # refused: the fp32 (and INT8) files stay, nothing registered
             sess16 = checks.session(fp16, [checks.CPU], probe=True)
+            rows16 = checks.parity(graph, sess16, parity_images, parity_batches)
+            worst16 = max(d for r in rows16 for d in r["max_abs_diff"].values())
+            if worst16 > checks.FP16_TOLERANCE:
+                raise DgmError(f"the FP16 graph of {checkpoint} differs from PyTorch by {worst16:.2e} in "
+                               f"probabilities or theta (allowed {checks.FP16_TOLERANCE:g}); export it without --half")
         except DgmError:
-            fp16.unlink()                            # the fp32 (and INT8) files stay
+            fp16.unlink()
             raise
-        rows16 = checks.parity(graph, sess16, parity_images, parity_batches)
-        worst16 = max(d for r in rows16 for d in r["max_abs_diff"].values())
-        if worst16 > checks.FP16_TOLERANCE:
-            raise DgmError(f"the FP16 graph of {checkpoint} differs from PyTorch by {worst16:.2e} in probabilities "
-                           f"or theta (allowed {checks.FP16_TOLERANCE:g}); export it without --half")
         card16 = dict(card, quantization=how, parity={"max_abs_diff": worst16, "tolerance": checks.FP16_TOLERANCE,
                                                       "batches": list(parity_batches)})
         fp16_log_probs = checks.predict_all(ort_fn(sess16), test_x, static)
