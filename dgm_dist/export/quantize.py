@@ -76,18 +76,42 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None, static_
 
 
 FP16 = "fp16: weights and activations in float16 (uint8 in, float32 out; ONNX Runtime's converter)"
+FLOAT32_OPS = ("Transpose",)       # kept in float32 besides the converter's own list (to_fp16)
 
 
 def to_fp16(fp32: Path, out: Path) -> str:
     """Write the float16 model of `fp32` to `out`. Returns a description for the card."""
     import warnings
 
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")            # the converter warns about values it clips to fp16's range
-        half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        # Transpose stays float32: with it in float16, ONNX Runtime 1.31.1's CPU layout optimisation
+        # (level ORT_ENABLE_ALL, the default) crashes creating a session for the RNN-SPN's graph
+        # (docs/export.md, FP16)
+        half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True,
+                                        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FLOAT32_OPS])
+    _topological_order(half.graph)
     tmp = out.with_name(out.name + ".part")
     onnx.save(half, str(tmp))
     os.replace(tmp, out)
     return FP16
+
+
+def _topological_order(graph) -> None:
+    """Reorder `graph`'s nodes so that each comes after the nodes it reads from. The converter
+    appends the Cast nodes it puts around a blocked op at the end of the list, which onnx.checker
+    and ONNX Runtime refuse ("Nodes in a graph must be topologically sorted")."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ValueError("the float16 graph has a cycle or an input nothing produces")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
