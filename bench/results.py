@@ -41,11 +41,11 @@ _SEQ = ["data.cluttered.n_train=60000", "data.cluttered.n_valid=2000"]
 FAMILIES = {
     "ssl": (60.0, "error", (), {
         "MLP (labels only)": ("mlp-fashion100", [], (0, 1)),
-        "M2": ("m2-mnist100-cpu", [], (0,)),
+        "M2": ("m2-mnist100-cpu", [], (0, 1)),
         "ADGM": ("adgm-mnist100-cpu", [], (0, 1)),
         "SDGM": ("sdgm-mnist100-cpu", [], (0, 1)),
         "SDGM, unlabelled term off": ("sdgm-mnist100-cpu", ["model.unlabelled_weight=0"], (0, 1)),
-        "SDGM, independent class noise": ("sdgm-mnist100-cpu", ["model.shared_noise=false"], (0,)),
+        "SDGM, independent class noise": ("sdgm-mnist100-cpu", ["model.shared_noise=false"], (0, 1)),
     }),
     "spn": (30.0, "per_digit_error", ("sequence_error",), {
         "CNN": ("cnn-seq3-cpu", _SEQ, (0, 1)),
