@@ -22,9 +22,3 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
     yield
 
-
-def pytest_collection_modifyitems(config, items):
-    """The slow tests first (file order kept within each tier): under `make test`'s two processes
-    the fast tier (a minute of short tests) then fills the end, instead of one process idling while the other
-    finishes a long test (docs/testing.md)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
