@@ -21,4 +21,3 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DGM_DOWNLOAD", "0")
     monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
     yield
-

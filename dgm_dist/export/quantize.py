@@ -112,6 +112,7 @@ def _topological_order(graph) -> None:
         for n in ready:
             known.update(n.output)
         ordered += ready
-        pending = [n for n in pending if all(n is not r for r in ready)]
+        done = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in done]
     del graph.node[:]
     graph.node.extend(ordered)
