@@ -12,30 +12,125 @@ interleaved so that both arms see the same machine state, and prints their ratio
 2. the same step with the classes' shared noise of z against independent draws, and (K = 5) the
    two K-sample estimators, `bounds` against `probabilities` (docs/models.md);
 3. prediction, q(y|a,x) averaged over S = 100 draws of a for 500 images: the factored classifier
-   (x's term once for all draws) against the naive one (x repeated for each draw), images/s.
+   (x's term once for all draws) against the naive one (x repeated for each draw), images/s;
+4. the work of one training step (floating-point operations of its matrix products, forward and
+   backward, counted by torch's FlopCounterMode) and, with `--port DIR` (the `semi-supervised`
+   folder of a checkout of wohlert/semi-supervised-pytorch, the public port; not shipped here),
+   the port's M2 and ADGM at the same sizes trained the way its example does, interleaved with
+   ours: the speed ratio beside the work ratio shows how much of our lead is work removed and
+   how much is work done faster (docs/results.md, section 6).
 """
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dgm_dist.models.dgm import ADGM, M2, SDGM
 
 
-def rate(model, steps: int, batch: int = 100) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+def batches(batch: int = 100):
     g = torch.Generator().manual_seed(0)
     x, xu = torch.rand(batch, 784, generator=g).bernoulli(), torch.rand(batch, 784, generator=g).bernoulli()
-    y = torch.randint(0, 10, (batch,), generator=g)
-    start = time.perf_counter()
-    for _ in range(steps):
+    return x, torch.randint(0, 10, (batch,), generator=g), xu
+
+
+def our_step(model):
+    """One training step of ours: the closure run by `steps` and counted by `flops`."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    x, y, xu = batches()
+
+    def step():
         loss, _ = model(x=x, y=y, x_unlabelled=xu)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return step
+
+
+def port_step(model, port):
+    """One step of the public port, as its example trains (`examples/mnist_sslvae.py`): -L(x,y) and
+    -U(u) from its SVI with its binary cross-entropy, and the classifier's cross-entropy on the
+    labelled batch weighted by alpha = 0.1 N / N_l."""
+    svi = port.SVI(model, likelihood=lambda r, x: -torch.sum(x * torch.log(r + 1e-8)
+                                                          + (1 - x) * torch.log(1 - r + 1e-8), dim=-1))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    x, y, u = batches()
+    y = torch.nn.functional.one_hot(y, 10).float()
+    alpha = 0.1 * 60000 / 100
+
+    def step():
+        labelled, unlabelled = -svi(x, y), -svi(u)
+        ce = torch.sum(y * torch.log(model.classify(x) + 1e-8), dim=1).mean()
+        (labelled - alpha * ce + unlabelled).backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def flops(step) -> float:
+    """GFLOP of one call of `step` (matrix products, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def step_rate(step, steps: int, batch: int = 100) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
     return steps * batch / (time.perf_counter() - start)
+
+
+def load_port(folder: str):
+    """The port's modules, imported from the user's checkout (its files import each other by bare
+    module names, so its folder goes on sys.path)."""
+    path = Path(folder)
+    if not (path / "models" / "dgm.py").is_file() or not (path / "inference").is_dir():
+        sys.exit(f"ssl_throughput.py: error: --port {folder}: no models/dgm.py and inference/ there; give the "
+                 "'semi-supervised' folder of a wohlert/semi-supervised-pytorch checkout")
+    sys.path.insert(0, str(path))
+    import inference
+    import models
+    return type("Port", (), {"SVI": inference.SVI, "M2": models.DeepGenerativeModel,
+                             "ADGM": models.AuxiliaryDeepGenerativeModel})
+
+
+def work_and_port(port_folder: str | None, steps: int, rounds: int) -> None:
+    """Section 4: GFLOP per step, achieved GFLOP/s, and (with the port) both ratios."""
+    port = load_port(port_folder) if port_folder else None
+    sizes = {"n_unlabelled": 60000, "n_labelled": 100}
+    print("\nwork of a training step (100 labelled + 100 unlabelled, 1 MC sample): GFLOP of matrix "
+          "products, forward and backward; unlabelled examples/s")
+    head = f"{'model':<6} {'GFLOP':>7} {'ex/s':>8} {'GFLOP/s':>8}"
+    print(head + (f" {'port GFLOP':>10} {'port ex/s':>9} {'work ratio':>10} {'speed ratio':>11}" if port else ""))
+    for name, ours, theirs in (("M2", lambda: M2(784, 10, **sizes), lambda: port.M2([784, 10, 100, [500, 500]])),
+                               ("ADGM", lambda: ADGM(784, 10, **sizes),
+                                lambda: port.ADGM([784, 10, 100, 100, [500, 500]]))):
+        torch.manual_seed(0)
+        arms = {"ours": our_step(ours())}
+        if port:
+            torch.manual_seed(0)
+            arms["port"] = port_step(theirs(), port)
+        work = {arm: flops(step) for arm, step in arms.items()}        # also the warm-up
+        rates = {arm: [] for arm in arms}
+        for _ in range(rounds):
+            for arm, step in arms.items():
+                rates[arm].append(step_rate(step, steps))
+        rate = {arm: statistics.median(r) for arm, r in rates.items()}
+        line = f"{name:<6} {work['ours']:>7.2f} {rate['ours']:>8,.0f} {work['ours'] * rate['ours'] / 100:>8.1f}"
+        if port:
+            line += (f" {work['port']:>10.2f} {rate['port']:>9,.0f} {work['port'] / work['ours']:>9.2f}x"
+                     f" {rate['ours'] / rate['port']:>10.2f}x")
+        print(line)
+
+
+def rate(model, steps: int) -> float:
+    return step_rate(our_step(model), steps)
 
 
 def predict_rate(model, rounds: int, n: int = 500) -> float:
@@ -64,9 +159,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 steps, one round, ADGM and SDGM (a smoke test)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--port", metavar="DIR", help="the public port's 'semi-supervised' folder: compare with it")
+    ap.add_argument("--only-work", action="store_true", help="section 4 alone")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps, rounds = (2, 1) if args.quick else (15, 3)
+    if args.port:
+        load_port(args.port)                                  # a wrong folder fails before any timing
+    if args.only_work:
+        return work_and_port(args.port, steps, rounds)
     sizes = {"n_unlabelled": 60000, "n_labelled": 100}
     print(f"unlabelled examples/s, {args.threads} thread(s), median of {rounds} rounds of {steps} steps")
     print(f"{'model':<6} {'MC':>3} {'factored':>10} {'naive':>10} {'ratio':>7}")
@@ -92,6 +193,7 @@ def main() -> None:
         f, s = paired(lambda arm, c=cls: c(784, 10, factored=arm, **sizes).eval(),
                       lambda m, r: predict_rate(m, r, 50 if args.quick else 500), 1 if args.quick else 3, rounds)
         print(f"{cls.__name__:<6} {f:>10,.0f} {s:>10,.0f} {f / s:>6.2f}x")
+    work_and_port(args.port, steps, rounds)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def test_one_draw_of_a_serves_the_classifier_and_every_class(cls, monkeypatch):
     x, y = _data()
     model.labelled_and_unlabelled(x, y, x + 0, beta=1.0)
     a_unlabelled = seen["classifier"][-1]
-    assert seen["bound"][-1].shape == (len(x), 1, 3)                     # broadcast over the 10 classes
-    assert torch.equal(seen["bound"][-1][:, 0], a_unlabelled)            # the same draw as q(y|a,x)
+    assert seen["bound"][-1].shape == (len(x), 1, 1, 3)                  # (N, K, classes, A): broadcast over
+    assert torch.equal(seen["bound"][-1][:, :, 0], a_unlabelled)         # the 10 classes; the draw of q(y|a,x)
 
 
 @pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
@@ -194,10 +194,10 @@ def test_shared_class_noise_is_one_draw_for_all_classes(monkeypatch):
     x, _ = _data()
     model.enumerated(x, 1.0)
     eps = seen[-1]                              # z's noise in the enumerated bound
-    assert eps is not None and eps.shape == (len(x), 1, 4)
+    assert eps is not None and eps.shape == (len(x), 1, 1, 4)      # (N, K, classes, z): one for all 10
     model.shared_noise = False
     model.enumerated(x, 1.0)
-    assert seen[-1] is None                     # each class draws its own
+    assert seen[-1].shape == (len(x), 1, 10, 4)                    # each class draws its own
 
 
 @pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
@@ -225,7 +225,7 @@ def test_k_sample_estimators_average_the_bounds_or_the_class_probabilities(cls):
             one.q_y.first.maps["a"].weight.mul_(10)
     enumerated, logits = [], []
     real_enumerated, real_logits = one.enumerated, one.class_logits
-    one.enumerated = lambda xu, b: enumerated.append(real_enumerated(xu, b)) or enumerated[-1]
+    one.enumerated = lambda xu, b, *k, **f: enumerated.append(real_enumerated(xu, b, *k, **f)) or enumerated[-1]
     one.class_logits = lambda xx, a: logits.append(real_logits(xx, a)) or logits[-1]
     torch.manual_seed(5)
     lab1, u1, ce1 = one.labelled_and_unlabelled(x.repeat_interleave(k, 0), y.repeat_interleave(k, 0),
@@ -248,6 +248,28 @@ def test_k_sample_estimators_average_the_bounds_or_the_class_probabilities(cls):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     # they differ where q(y|a,x) depends on a; M2's q(y|x) has no a, and there they are the same
     assert torch.allclose(u1.view(-1, k).mean(1), expected[1], atol=1e-3) == (not cls.has_aux)
+
+
+@pytest.mark.parametrize("cls", [M2, ADGM, SDGM])
+def test_k_draws_compute_every_term_of_x_alone_once_per_example(cls):
+    """With K = 4 Monte Carlo samples, q(a|x) and the x maps of the first layers see the N examples,
+    not N K copies of them; the bounds are those of x repeated K times, draw for draw."""
+    k, x, y = 4, *_data()
+    fast = _model(cls, mc_samples=k)
+    rows = {}
+    for name, net in fast.named_children():
+        if hasattr(net, "first") and "x" in net.first.names:
+            net.first.maps["x"].register_forward_hook(lambda m, i, o, n=name: rows.setdefault(n, set()).add(
+                i[0].reshape(-1, i[0].shape[-1]).shape[0]))
+    torch.manual_seed(8)
+    got = fast.labelled_and_unlabelled(x, y, x + 0, 0.9)
+    assert rows and all(r == {len(x)} for r in rows.values()), rows          # 6 rows, never 24
+    one = _model(cls)
+    one.load_state_dict(fast.state_dict())
+    torch.manual_seed(8)
+    want = one.labelled_and_unlabelled(*(t.repeat_interleave(k, 0) for t in (x, y, x)), 0.9)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-4)
 
 
 def test_an_unknown_k_sample_estimator_is_refused():

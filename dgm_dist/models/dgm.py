@@ -109,8 +109,13 @@ class SemiSupervisedDGM(nn.Module):
     def class_logits(self, x: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
         return self.q_y_head(_call(self.q_y, x=x, a=a))
 
-    def draw_aux(self, x: torch.Tensor):
+    def draw_aux(self, x: torch.Tensor, samples: int | None = None):
+        """a ~ q(a|x) and log q(a|x): one draw per row of x, or `samples` draws per row (N, K, A),
+        for which q(a|x)'s network runs once per example (its mean and variance do not depend on the
+        draw)."""
         mu, logvar = self.aux_posterior(x)
+        if samples is not None:
+            mu, logvar = (t[:, None].expand(-1, samples, -1) for t in (mu, logvar))
         a = sample_normal(mu, logvar)
         return a, log_normal(a, mu, logvar)
 
@@ -121,36 +126,43 @@ class SemiSupervisedDGM(nn.Module):
     # ---- objectives -----------------------------------------------------------------------------
     def labelled_and_unlabelled(self, x, y, x_u, beta: float):
         """Per example: the labelled bound L(x,y), the unlabelled bound U(x_u) and the cross-entropy
-        of q(y|a,x), each estimated with K = `mc_samples` draws (module docstring)."""
+        of q(y|a,x), each estimated with K = `mc_samples` draws (module docstring). The K draws are
+        an axis that x broadcasts over: every term of x alone (q(a|x), the x maps of the first
+        layers) is computed once per example, not K times (docs/models.md, "the first-layer merge")."""
         k = self.mc_samples
-        x = x.flatten(1).repeat_interleave(k, 0)                     # K Monte Carlo samples per example
-        y = y.repeat_interleave(k, 0)
-        x_u = x_u.flatten(1).repeat_interleave(k, 0)
-        a, log_qa = self.draw_aux(x) if self.has_aux else (None, None)
+        x = x.flatten(1)
+        a, log_qa = self.draw_aux(x, k) if self.has_aux else (None, None)               # (N, K, A)
         onehot = F.one_hot(y, self.num_classes).to(x.dtype)
-        labelled = self.bound(x[:, None], _axis(a), _axis(log_qa), onehot[:, None], beta).squeeze(1)  # (N K,)
-        log_qy_l = F.log_softmax(self.class_logits(x, a), dim=-1)                           # (N K, C)
+        eps = torch.randn(len(x), k, 1, self.latent, device=x.device, dtype=x.dtype)     # z's noise
+        labelled = self.bound(x[:, None, None], _class_axis(a), _class_axis(log_qa), onehot[:, None, None], beta,
+                              eps).squeeze(-1)                                                 # (N, K)
+        log_qy_l = F.log_softmax(self.class_logits(x[:, None], a), dim=-1).expand(-1, k, -1)  # (N, K, C)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.unlabelled_weight != 0):
-            log_qy, per_class = self.enumerated(x_u, beta)
+            log_qy, per_class = self.enumerated(x_u, beta, k, flat=False)                     # (N, K, C)
         if self.mc_average == "probabilities" and k > 1:
             # the released code: q(y|a,x) averaged over the K draws before the log (exactly, in log space)
-            log_qy = _log_mean_over_samples(log_qy, k)
-            per_class = per_class.unflatten(0, (-1, k)).mean(1)
-            labelled = labelled.unflatten(0, (-1, k)).mean(1)
-            log_qy_l, y = _log_mean_over_samples(log_qy_l, k), y[::k]
+            log_qy, log_qy_l = (torch.logsumexp(t, 1) - math.log(k) for t in (log_qy, log_qy_l))
+            per_class, labelled = per_class.mean(1), labelled.mean(1)
+        else:                                        # rows n K + j: draw j of example n
+            log_qy, per_class, log_qy_l = (t.flatten(0, 1) for t in (log_qy, per_class, log_qy_l))
+            labelled, y = labelled.flatten(), y.repeat_interleave(k)
         unlabelled = (log_qy.exp() * (per_class - beta * log_qy)).sum(-1)
         ce = F.nll_loss(log_qy_l, y, reduction="none")
         return labelled, unlabelled, ce
 
-    def enumerated(self, x_u: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """log q(y|a,x) and L(x,y) for every class y of each row of `x_u` (N, d): both (N, C), from
-        one draw of a per row, and (with `shared_noise`) one draw of z's noise for all C classes."""
-        a, log_qa = self.draw_aux(x_u) if self.has_aux else (None, None)
-        log_qy = F.log_softmax(self.class_logits(x_u, a), dim=-1)
+    def enumerated(self, x_u: torch.Tensor, beta: float, samples: int = 1,
+                   flat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """log q(y|a,x) and L(x,y) for every class y of each row of `x_u` (N, d), from `samples`
+        draws of a per row and, with `shared_noise`, one draw of z's noise per draw of a for all C
+        classes: both (N K, C) (`flat`) or (N, K, C)."""
+        x_u = x_u.flatten(1)
+        a, log_qa = self.draw_aux(x_u, samples) if self.has_aux else (None, None)
+        log_qy = F.log_softmax(self.class_logits(x_u[:, None], a), dim=-1).expand(-1, samples, -1)
         # common random numbers: the same standard-normal noise of z for every enumerated class
-        eps = torch.randn(len(x_u), 1, self.latent, device=x_u.device, dtype=x_u.dtype) \
-            if self.shared_noise else None
-        return log_qy, self.bound(x_u[:, None], _axis(a), _axis(log_qa), self.classes[None], beta, eps)
+        eps = torch.randn(len(x_u), samples, 1 if self.shared_noise else self.num_classes, self.latent,
+                          device=x_u.device, dtype=x_u.dtype)
+        per_class = self.bound(x_u[:, None, None], _class_axis(a), _class_axis(log_qa), self.classes[None], beta, eps)
+        return (log_qy.flatten(0, 1), per_class.flatten(0, 1)) if flat else (log_qy, per_class)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, x_unlabelled: torch.Tensor,
              kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -267,13 +279,9 @@ def _call(net: MLP, **inputs):
     return net(**{k: v for k, v in inputs.items() if k in net.first.names})
 
 
-def _axis(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t[:, None]
-
-
-def _log_mean_over_samples(log_p: torch.Tensor, k: int) -> torch.Tensor:
-    """log of the mean of p over groups of k consecutive rows: (N k, C) -> (N, C)."""
-    return torch.logsumexp(log_p.unflatten(0, (-1, k)), dim=1) - math.log(k)
+def _class_axis(t: torch.Tensor | None) -> torch.Tensor | None:
+    """(N, K, ...) -> (N, K, 1, ...): the axis that the enumerated classes broadcast over."""
+    return None if t is None else t.unsqueeze(2)
 
 
 class M2(SemiSupervisedDGM):
