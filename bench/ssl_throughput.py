@@ -52,12 +52,13 @@ def our_step(model):
     return step
 
 
-def port_step(model, port):
+def port_step(model, port, mc: int):
     """One step of the public port, as its example trains (`examples/mnist_sslvae.py`): -L(x,y) and
     -U(u) from its SVI with its binary cross-entropy, and the classifier's cross-entropy on the
     labelled batch weighted by alpha = 0.1 N / N_l."""
     svi = port.SVI(model, likelihood=lambda r, x: -torch.sum(x * torch.log(r + 1e-8)
-                                                          + (1 - x) * torch.log(1 - r + 1e-8), dim=-1))
+                                                          + (1 - x) * torch.log(1 - r + 1e-8), dim=-1),
+                   sampler=port.Sampler(mc=mc, iw=1))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x, y, u = batches()
     y = torch.nn.functional.one_hot(y, 10).float()
@@ -91,38 +92,43 @@ def load_port(folder: str):
     module names, so its folder goes on sys.path)."""
     path = Path(folder)
     if not (path / "models" / "dgm.py").is_file() or not (path / "inference").is_dir():
-        sys.exit(f"ssl_throughput.py: error: --port {folder}: no models/dgm.py and inference/ there; give the "
-                 "'semi-supervised' folder of a wohlert/semi-supervised-pytorch checkout")
+        print(f"ssl_throughput.py: error: --port {folder}: no models/dgm.py and inference/ there; give the "
+              "'semi-supervised' folder of a wohlert/semi-supervised-pytorch checkout", file=sys.stderr)
+        sys.exit(2)
     sys.path.insert(0, str(path))
     import inference
     import models
-    return type("Port", (), {"SVI": inference.SVI, "M2": models.DeepGenerativeModel,
+    return type("Port", (), {"SVI": inference.SVI, "Sampler": inference.ImportanceWeightedSampler,
+                             "M2": models.DeepGenerativeModel,
                              "ADGM": models.AuxiliaryDeepGenerativeModel})
 
 
-def work_and_port(port_folder: str | None, steps: int, rounds: int) -> None:
+def work_and_port(port_folder: str | None, steps: int, rounds: int, quick: bool) -> None:
     """Section 4: GFLOP per step, achieved GFLOP/s, and (with the port) both ratios."""
     port = load_port(port_folder) if port_folder else None
     sizes = {"n_unlabelled": 60000, "n_labelled": 100}
-    print("\nwork of a training step (100 labelled + 100 unlabelled, 1 MC sample): GFLOP of matrix "
+    print("\nwork of a training step (100 labelled + 100 unlabelled, MC samples): GFLOP of matrix "
           "products, forward and backward; unlabelled examples/s")
-    head = f"{'model':<6} {'GFLOP':>7} {'ex/s':>8} {'GFLOP/s':>8}"
+    head = f"{'model':<6} {'MC':>3} {'GFLOP':>7} {'ex/s':>8} {'GFLOP/s':>8}"
     print(head + (f" {'port GFLOP':>10} {'port ex/s':>9} {'work ratio':>10} {'speed ratio':>11}" if port else ""))
-    for name, ours, theirs in (("M2", lambda: M2(784, 10, **sizes), lambda: port.M2([784, 10, 100, [500, 500]])),
-                               ("ADGM", lambda: ADGM(784, 10, **sizes),
-                                lambda: port.ADGM([784, 10, 100, 100, [500, 500]]))):
+    for name, mc, ours, theirs in (
+            (name, mc, ours, theirs) for name, ours, theirs in (
+                ("M2", lambda k: M2(784, 10, mc_samples=k, **sizes), lambda: port.M2([784, 10, 100, [500, 500]])),
+                ("ADGM", lambda k: ADGM(784, 10, mc_samples=k, **sizes),
+                 lambda: port.ADGM([784, 10, 100, 100, [500, 500]])))
+            for mc in ((1, 5) if quick else (1, 5, 10))):
         torch.manual_seed(0)
-        arms = {"ours": our_step(ours())}
+        arms = {"ours": our_step(ours(mc))}
         if port:
             torch.manual_seed(0)
-            arms["port"] = port_step(theirs(), port)
+            arms["port"] = port_step(theirs(), port, mc)
         work = {arm: flops(step) for arm, step in arms.items()}        # also the warm-up
         rates = {arm: [] for arm in arms}
         for _ in range(rounds):
             for arm, step in arms.items():
                 rates[arm].append(step_rate(step, steps))
         rate = {arm: statistics.median(r) for arm, r in rates.items()}
-        line = f"{name:<6} {work['ours']:>7.2f} {rate['ours']:>8,.0f} {work['ours'] * rate['ours'] / 100:>8.1f}"
+        line = f"{name:<6} {mc:>3} {work['ours']:>7.2f} {rate['ours']:>8,.0f} {work['ours'] * rate['ours'] / 100:>8.1f}"
         if port:
             line += (f" {work['port']:>10.2f} {rate['port']:>9,.0f} {work['port'] / work['ours']:>9.2f}x"
                      f" {rate['ours'] / rate['port']:>10.2f}x")
@@ -167,7 +173,7 @@ def main() -> None:
     if args.port:
         load_port(args.port)                                  # a wrong folder fails before any timing
     if args.only_work:
-        return work_and_port(args.port, steps, rounds)
+        return work_and_port(args.port, steps, rounds, args.quick)
     sizes = {"n_unlabelled": 60000, "n_labelled": 100}
     print(f"unlabelled examples/s, {args.threads} thread(s), median of {rounds} rounds of {steps} steps")
     print(f"{'model':<6} {'MC':>3} {'factored':>10} {'naive':>10} {'ratio':>7}")
@@ -193,7 +199,7 @@ def main() -> None:
         f, s = paired(lambda arm, c=cls: c(784, 10, factored=arm, **sizes).eval(),
                       lambda m, r: predict_rate(m, r, 50 if args.quick else 500), 1 if args.quick else 3, rounds)
         print(f"{cls.__name__:<6} {f:>10,.0f} {s:>10,.0f} {f / s:>6.2f}x")
-    work_and_port(args.port, steps, rounds)
+    work_and_port(args.port, steps, rounds, args.quick)
 
 
 if __name__ == "__main__":

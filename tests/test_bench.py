@@ -53,6 +53,18 @@ def test_ssl_throughput_compares_first_layers_estimators_and_prediction():
     assert arms == {(m, k, a) for m in ("ADGM", "SDGM") for k, a in (("1", "shared"), ("5", "bounds"))}, out
     predicted = re.findall(rf"^(ADGM|SDGM)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out.split("prediction")[1], re.M)
     assert predicted == ["ADGM", "SDGM"], out
+    work = {(m.group(1), m.group(2)): float(m.group(3)) for m in re.finditer(
+        rf"^(M2|ADGM)\s+(\d)\s+({NUMBER})\s+{NUMBER}\s+{NUMBER}$", out.split("work of a training step")[1], re.M)}
+    assert set(work) == {(m, k) for m in ("M2", "ADGM") for k in ("1", "5")}, out
+    # K = 5 draws cost less than 5 single-draw steps: q(a|x) and the x maps run once per example
+    assert work["ADGM", "5"] < 4.6 * work["ADGM", "1"] and work["M2", "1"] < work["ADGM", "1"], work
+
+
+def test_ssl_throughput_names_a_wrong_port_folder_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "ssl_throughput.py"), "--port", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done
+    assert "semi-supervised" in done.stderr and str(tmp_path) in done.stderr
 
 
 def test_spn_throughput():
