@@ -108,6 +108,13 @@ def test_train_overhead_measures_one_and_two_workers(preset):
     assert re.search(rf"^{preset}: {kind}$", out, re.M), out
 
 
+@pytest.mark.parametrize("args", [["--epochs", "1"], ["--examples", "60000"]])
+def test_train_overhead_refuses_an_untimeable_run_in_one_line(args):
+    done = subprocess.run([sys.executable, str(BENCH / "train_overhead.py"), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--epochs must be at least 2" in done.stderr, done
+
+
 def test_host_sync_compares_the_check_every_step_with_every_50():
     out = run("host_sync.py", "--quick")
     assert re.search(rf"^1 step\(s\)\s+{NUMBER}$", out, re.M) and re.search(rf"^50 step\(s\)\s+{NUMBER}$", out, re.M)
