@@ -223,6 +223,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, help="wall-clock budget of every arm (default: the family's)")
     parser.add_argument("--arms", nargs="+", help="only these arms (names as in the table)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="train only these of each arm's seeds (one run at a "
+                        "time across sessions); the table still shows every seed found")
     parser.add_argument("--root", help="where runs, checkpoints and MLflow go (tracking.root; default: runs)")
     parser.add_argument("--data-dir", help="the dataset's directory (dgm-dist train --data-dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -236,13 +238,19 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown arm(s) {', '.join(sorted(unknown))}; arms: {', '.join(arms)}")
         arms = {a: arms[a] for a in args.arms}
+    if args.seeds:
+        if not any(set(args.seeds) & set(seeds) for _, _, seeds in arms.values()):
+            parser.error(f"no arm chosen has seed(s) {', '.join(map(str, args.seeds))}")
+        trained = {a: (p, o, tuple(s for s in seeds if s in args.seeds)) for a, (p, o, seeds) in arms.items()}
+    else:
+        trained = arms
     if args.root:
         ROOT.extend(["--set", f"tracking.root={args.root}"])
     TRAIN.extend(["--data-dir", args.data_dir] if args.data_dir else [])
     TRAIN.extend(a for item in args.set for a in ("--set", item))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phase in ("train", "all"):
-        train(args.out, args.family, arms, args.minutes or minutes, args.quick)
+        train(args.out, args.family, trained, args.minutes or minutes, args.quick)
     if args.phase in ("table", "all"):
         print(table(args.out, args.family, arms, not args.no_log))
 

@@ -190,9 +190,16 @@ def test_results_train_each_arm_then_tabulate_and_draw_the_curves(tmp_path):
     assert re.search(r"MLflow run ssl-results [0-9a-f]{32}", out), out
     done = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")}
     assert len(done) == 1
-    run("results.py", "train", "--family", "ssl", "--quick", "--out", str(tmp_path / "out"),
+    run("results.py", "train", "--family", "ssl", "--quick", "--out", str(tmp_path / "out"), "--seeds", "0",
         "--root", str(tmp_path / "runs"), "--data-dir", str(data))
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")} == done   # finished: skipped
+
+
+def test_results_refuses_seeds_no_chosen_arm_has(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "results.py"), "train", "--family", "ssl", "--out",
+                           str(tmp_path), "--arms", "SDGM", "--seeds", "7"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no arm chosen has seed(s) 7" in done.stderr, done
+    assert not list(tmp_path.iterdir())                                   # nothing trained, nothing written
 
 
 def test_results_of_the_sequence_models_carry_the_sequence_error_and_the_attention_figure(tmp_path):
