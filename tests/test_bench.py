@@ -197,7 +197,8 @@ def test_results_train_each_arm_then_tabulate_and_draw_the_curves(tmp_path):
 
 def test_results_refuses_seeds_no_chosen_arm_has(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "results.py"), "train", "--family", "ssl", "--out",
-                           str(tmp_path), "--arms", "SDGM", "--seeds", "7"], capture_output=True, text=True, timeout=120)
+                           str(tmp_path), "--arms", "SDGM", "--seeds", "7"],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no arm chosen has seed(s) 7" in done.stderr, done
     assert not list(tmp_path.iterdir())                                   # nothing trained, nothing written
 
