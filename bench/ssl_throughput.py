@@ -106,16 +106,16 @@ def load_port(folder: str):
 def work_and_port(port_folder: str | None, steps: int, rounds: int, quick: bool) -> None:
     """Section 4: GFLOP per step, achieved GFLOP/s, and (with the port) both ratios."""
     port = load_port(port_folder) if port_folder else None
-    sizes = {"n_unlabelled": 60000, "n_labelled": 100}
-    print("\nwork of a training step (100 labelled + 100 unlabelled, MC samples): GFLOP of matrix "
-          "products, forward and backward; unlabelled examples/s")
+    h, z = (64, 16) if quick else (500, 100)                 # --quick: a smoke test of the section
+    sizes = {"n_unlabelled": 60000, "n_labelled": 100, "hidden": (h, h), "latent": z, "aux": z}
+    print(f"\nwork of a training step (2x{h}, a = z = {z}; 100 labelled + 100 unlabelled, MC samples): GFLOP of "
+          "matrix products, forward and backward; unlabelled examples/s")
     head = f"{'model':<6} {'MC':>3} {'GFLOP':>7} {'ex/s':>8} {'GFLOP/s':>8}"
     print(head + (f" {'port GFLOP':>10} {'port ex/s':>9} {'work ratio':>10} {'speed ratio':>11}" if port else ""))
     for name, mc, ours, theirs in (
             (name, mc, ours, theirs) for name, ours, theirs in (
-                ("M2", lambda k: M2(784, 10, mc_samples=k, **sizes), lambda: port.M2([784, 10, 100, [500, 500]])),
-                ("ADGM", lambda k: ADGM(784, 10, mc_samples=k, **sizes),
-                 lambda: port.ADGM([784, 10, 100, 100, [500, 500]])))
+                ("M2", lambda k: M2(784, 10, mc_samples=k, **sizes), lambda: port.M2([784, 10, z, [h, h]])),
+                ("ADGM", lambda k: ADGM(784, 10, mc_samples=k, **sizes), lambda: port.ADGM([784, 10, z, z, [h, h]])))
             for mc in ((1, 5) if quick else (1, 5, 10))):
         torch.manual_seed(0)
         arms = {"ours": our_step(ours(mc))}
