@@ -18,10 +18,11 @@ interleaved so that both arms see the same machine state, and prints their ratio
    folder of a checkout of wohlert/semi-supervised-pytorch, the public port; not shipped here),
    the port's M2 and ADGM at the same sizes trained the way its example does, interleaved with
    ours: the speed ratio beside the work ratio shows how much of our lead is work removed and
-   how much is work done faster (docs/results.md, section 6).
+   how much is work done faster (docs/results.md §5.1).
 """
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -103,22 +104,19 @@ def load_port(folder: str):
                              "ADGM": models.AuxiliaryDeepGenerativeModel})
 
 
-def work_and_port(port_folder: str | None, steps: int, rounds: int, quick: bool) -> None:
-    """Section 4: GFLOP per step, achieved GFLOP/s, and (with the port) both ratios."""
-    port = load_port(port_folder) if port_folder else None
+def work_and_port(port, steps: int, rounds: int, quick: bool) -> None:
+    """Section 4: GFLOP per step, achieved GFLOP/s, and (with the port, from `load_port`) both ratios."""
     h, z = (64, 16) if quick else (500, 100)                 # --quick: a smoke test of the section
     sizes = {"n_unlabelled": 60000, "n_labelled": 100, "hidden": (h, h), "latent": z, "aux": z}
     print(f"\nwork of a training step (2x{h}, a = z = {z}; 100 labelled + 100 unlabelled, MC samples): GFLOP of "
           "matrix products, forward and backward; unlabelled examples/s")
     head = f"{'model':<6} {'MC':>3} {'GFLOP':>7} {'ex/s':>8} {'GFLOP/s':>8}"
     print(head + (f" {'port GFLOP':>10} {'port ex/s':>9} {'work ratio':>10} {'speed ratio':>11}" if port else ""))
-    for name, mc, ours, theirs in (
-            (name, mc, ours, theirs) for name, ours, theirs in (
-                ("M2", lambda k: M2(784, 10, mc_samples=k, **sizes), lambda: port.M2([784, 10, z, [h, h]])),
-                ("ADGM", lambda k: ADGM(784, 10, mc_samples=k, **sizes), lambda: port.ADGM([784, 10, z, z, [h, h]])))
-            for mc in ((1, 5) if quick else (1, 5, 10))):
+    models = (("M2", M2, lambda: port.M2([784, 10, z, [h, h]])),
+              ("ADGM", ADGM, lambda: port.ADGM([784, 10, z, z, [h, h]])))
+    for (name, cls, theirs), mc in itertools.product(models, (1, 5) if quick else (1, 5, 10)):
         torch.manual_seed(0)
-        arms = {"ours": our_step(ours(mc))}
+        arms = {"ours": our_step(cls(784, 10, mc_samples=mc, **sizes))}
         if port:
             torch.manual_seed(0)
             arms["port"] = port_step(theirs(), port, mc)
@@ -170,10 +168,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps, rounds = (2, 1) if args.quick else (15, 3)
-    if args.port:
-        load_port(args.port)                                  # a wrong folder fails before any timing
+    port = load_port(args.port) if args.port else None       # a wrong folder fails before any timing
     if args.only_work:
-        return work_and_port(args.port, steps, rounds, args.quick)
+        return work_and_port(port, steps, rounds, args.quick)
     sizes = {"n_unlabelled": 60000, "n_labelled": 100}
     print(f"unlabelled examples/s, {args.threads} thread(s), median of {rounds} rounds of {steps} steps")
     print(f"{'model':<6} {'MC':>3} {'factored':>10} {'naive':>10} {'ratio':>7}")
@@ -199,7 +196,7 @@ def main() -> None:
         f, s = paired(lambda arm, c=cls: c(784, 10, factored=arm, **sizes).eval(),
                       lambda m, r: predict_rate(m, r, 50 if args.quick else 500), 1 if args.quick else 3, rounds)
         print(f"{cls.__name__:<6} {f:>10,.0f} {s:>10,.0f} {f / s:>6.2f}x")
-    work_and_port(args.port, steps, rounds, args.quick)
+    work_and_port(port, steps, rounds, args.quick)
 
 
 if __name__ == "__main__":
