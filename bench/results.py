@@ -1,8 +1,8 @@
 """The budgeted, seeded comparisons of docs/results.md: one family's arms, one after another, each
 with the same wall-clock budget on one worker with 2 CPUs.
 
-    python bench/results.py train --family ssl --out runs/results/ssl     # every arm and seed
-    python bench/results.py table --family ssl --out runs/results/ssl     # table + learning curves
+    python bench/results.py train --family ssl --out docs/runs/ssl     # every arm and seed
+    python bench/results.py table --family ssl --out docs/runs/ssl     # table + learning curves
 
 Families:
 - `ssl` (docs/results.md §1; 60 minutes an arm): Fashion-MNIST with 100 labels, the `-cpu` presets'
@@ -17,6 +17,10 @@ Each run is `dgm-dist train PRESET --max-minutes M --set seed=S`; the seed chang
 weights and the batches, not the labelled subset, the held-out images or the sequences.
 `train` skips arms whose JSON is in OUT, so an interrupted sweep is continued by running it again
 (an interrupted arm starts over under a new name: a resumed run would get a second budget).
+Each run's JSON keeps its own history (every test_/valid_ metric against minutes and steps, read
+from MLflow when the run ends) and, for the spatial transformers, a copy of its attention-box figure:
+the table and the curves need nothing else, so a sweep spread over machines (docs/runs/, committed)
+outlives the MLflow store of each machine.
 `table` prints the final test figures at the budget and the test figure at the epoch of the best
 VALIDATION figure (never chosen on the test set), as mean ± half the range over the seeds; draws
 every arm's test figure against minutes in one figure (OUT/learning_curves.png); copies the
@@ -33,6 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,8 +100,39 @@ def train(out: Path, family: str, arms: dict, minutes: float, quick: bool) -> No
                   f"{' '.join(sets)}", file=sys.stderr, flush=True)
             extra = ["--workers", "0"] if quick else []
             result = dgm("train", preset, "--max-minutes", f"{minutes:g}", "--run-name", name, *sets, *extra, *TRAIN)
-            path.write_text(json.dumps({"arm": arm, "seed": seed, "preset": preset, "overrides": overrides,
-                                        **result}, indent=1))
+            record = {"arm": arm, "seed": seed, "preset": preset, "overrides": overrides, **result,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": history(result)}
+            keep_attention(result, path.with_name(f"{path.stem}-attention.png"))
+            path.write_text(json.dumps(record, indent=1))
+
+
+def history(result: dict) -> dict[str, list[list[float]]]:
+    """Every test_/valid_ metric of the run as [minutes since the run started, epoch, value], from MLflow."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(result["mlflow"]["tracking_uri"])
+    run = client.get_run(result["mlflow_run_id"])
+    out = {}
+    for key in sorted(run.data.metrics):
+        if key.startswith(("test_", "valid_")):
+            points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+            out[key] = [[round((m.timestamp - run.info.start_time) / 60_000, 3), m.step, m.value] for m in points]
+    return out
+
+
+def keep_attention(result: dict, target: Path) -> None:
+    """A copy of a spatial transformer's attention-box figure beside its JSON."""
+    if result.get("model") not in ("cnn_spn", "rnn_spn"):
+        return
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = MlflowClient(result["mlflow"]["tracking_uri"]).download_artifacts(
+                result["mlflow_run_id"], "figures/attention_boxes.png", tmp)
+        except Exception:      # noqa: BLE001 - a run without the figure: its figures still stand
+            return
+        shutil.copy(local, target)
 
 
 def runs(out: Path, arms: dict) -> dict[str, list[dict]]:
@@ -116,18 +152,11 @@ def spread(values: list[float], scale: float = 100, digits: int = 2) -> str:
 
 
 def curves(found: dict[str, list[dict]], metric: str) -> dict[str, list[tuple[list[float], list[float]]]]:
-    """The test metric (%) against minutes since the run started, per arm and seed, from MLflow."""
-    from mlflow import MlflowClient
-
-    out: dict[str, list] = {}
-    for arm, arm_runs in found.items():
-        for run in arm_runs:
-            client = MlflowClient(run["mlflow"]["tracking_uri"])
-            start = client.get_run(run["mlflow_run_id"]).info.start_time
-            history = sorted(client.get_metric_history(run["mlflow_run_id"], f"test_{metric}"), key=lambda m: m.step)
-            out.setdefault(arm, []).append(([(m.timestamp - start) / 60_000 for m in history],
-                                            [100 * m.value for m in history]))
-    return out
+    """The test metric (%) against minutes since the run started, per arm and seed, from the runs' JSON."""
+    key = f"test_{metric}"
+    return {arm: [([p[0] for p in r["history"][key]], [100 * p[-1] for p in r["history"][key]])
+                  for r in arm_runs if key in r.get("history", {})]
+            for arm, arm_runs in found.items()}
 
 
 def plot(lines: dict[str, list], metric: str, title: str, path: Path) -> Path:
@@ -153,20 +182,14 @@ def plot(lines: dict[str, list], metric: str, title: str, path: Path) -> Path:
 
 def best_attention(found: dict[str, list[dict]], metric: str, out: Path) -> Path | None:
     """The attention-box figure of the run with the best validation figure (spatial transformers)."""
-    from mlflow import MlflowClient
-
     candidates = [r for arm_runs in found.values() for r in arm_runs
-                  if f"best_valid_{metric}" in r["metrics"] and r["model"] in ("cnn_spn", "rnn_spn")]
+                  if f"best_valid_{metric}" in r["metrics"] and r["model"] in ("cnn_spn", "rnn_spn")
+                  and (out / f"{slug(r['arm'])}-seed{r['seed']}-attention.png").exists()]
     if not candidates:
         return None
     best = min(candidates, key=lambda r: r["metrics"][f"best_valid_{metric}"])
-    client = MlflowClient(best["mlflow"]["tracking_uri"])
-    try:
-        local = client.download_artifacts(best["mlflow_run_id"], "figures/attention_boxes.png", str(out / "dl"))
-    except Exception:          # noqa: BLE001 - a run without the figure: the table still stands
-        return None
     target = out / "attention_boxes_best.png"
-    shutil.copy(local, target)
+    shutil.copy(out / f"{slug(best['arm'])}-seed{best['seed']}-attention.png", target)
     return target
 
 
@@ -185,8 +208,7 @@ def table(out: Path, family: str, arms: dict, log: bool) -> str:
         setting = " ".join([f"`{first['preset']}`", *(f"`{o}`" for o in first["overrides"])])
         cells = [spread([x[f"test_{metric}"] for x in m]), *(spread([x[f"test_{e}"] for x in m]) for e in extras),
                  spread([x.get(f"best_test_{metric}", x[f"test_{metric}"]) for x in m]),
-                 spread([r["epochs"] for r in arm_runs], 1, 0), spread([r["steps"] for r in arm_runs], 1, 0),
-                 spread([r["examples_per_s"] for r in arm_runs], 1, 0),
+                 *(" / ".join(f"{r[k]:.0f}" for r in arm_runs) for k in ("epochs", "steps", "examples_per_s")),
                  f"{statistics.mean(r['seconds'] for r in arm_runs) / 60:.1f}",
                  ", ".join("`" + r["mlflow_run_id"][:8] + "`" for r in arm_runs)]
         seeds = ", ".join(str(r["seed"]) for r in arm_runs)
@@ -199,11 +221,14 @@ def table(out: Path, family: str, arms: dict, log: bool) -> str:
     attention = best_attention(found, metric, out)
     figures += [attention] if attention else []
     text += "\n\n" + "; ".join(f"figure {f}" for f in figures)
-    if log:
+    newest = max((r for arm_runs in found.values() for r in arm_runs), key=lambda r: r.get("finished", ""))
+    if log and "finished" not in newest:
+        text += "\nnot logged to MLflow: every run here was recorded on another machine (docs/runs/)"
+    elif log:
         import mlflow
 
-        first = next(r for arm_runs in found.values() for r in arm_runs)
-        mlflow.set_tracking_uri(first["mlflow"]["tracking_uri"])
+        # the store of the newest run: older runs' stores may be on machines that are gone (docs/runs/)
+        mlflow.set_tracking_uri(newest["mlflow"]["tracking_uri"])
         mlflow.set_experiment("dgm-dist")
         with mlflow.start_run(run_name=f"{family}-results") as summary:
             mlflow.set_tag("runs", ", ".join(r["mlflow_run_id"] for arm_runs in found.values() for r in arm_runs))

@@ -4,6 +4,7 @@ script measures what it says and prints its table). Fashion-MNIST is Debian's pa
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,11 @@ def test_results_train_each_arm_then_tabulate_and_draw_the_curves(tmp_path):
     run("results.py", "train", "--family", "ssl", "--quick", "--out", str(tmp_path / "out"), "--seeds", "0",
         "--root", str(tmp_path / "runs"), "--data-dir", str(data))
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-seed*.json")} == done   # finished: skipped
+    (record,) = (json.loads(p.read_text()) for p in done)
+    assert [p[1] for p in record["history"]["test_error"]] == [record["epochs"]], record  # MLflow step: the epoch
+    shutil.rmtree(tmp_path / "runs")              # the MLflow store gone (another machine): the JSON is enough
+    again = run("results.py", "table", "--family", "ssl", "--quick", "--out", str(tmp_path / "out"), "--no-log")
+    assert rows(again, "SDGM") == [cells] and (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
 
 
 def test_results_refuses_seeds_no_chosen_arm_has(tmp_path):
@@ -212,6 +218,7 @@ def test_results_of_the_sequence_models_carry_the_sequence_error_and_the_attenti
     per_digit, sequence = float(cells[3]), float(cells[4])
     assert 0 <= per_digit <= sequence <= 100, cells
     assert (tmp_path / "out" / "attention_boxes_best.png").stat().st_size > 1000     # the RNN-SPN's
+    assert (tmp_path / "out" / "rnn-spn-d-3-seed0-attention.png").stat().st_size > 1000  # kept beside its JSON
 
 
 def test_ssl_bisect_runs_patched_and_configured_arms_and_tabulates_their_curves(tmp_path):
