@@ -8,6 +8,7 @@ from dgm_dist.errors import ConfigError
 from dgm_dist.models.cnn import SequenceClassifier, SequenceCNN
 from dgm_dist.models.registry import DataInfo, build_model, model_spec
 from dgm_dist.models.spn import CNNSPN, IDENTITY, RNNSPN, SpatialTransformer, glimpse_corners
+from dgm_dist.training.evaluation import evaluate_model
 from dgm_dist.training.loop import track_best
 from dgm_dist.training.optim import make_optimizer
 
@@ -128,6 +129,26 @@ def test_per_digit_and_sequence_errors_on_hand_made_predictions():
     sums = Fixed(pred).eval_sums(torch.zeros(4, 5, 5), y)
     assert sums["per_digit_error_sum"].item() == pytest.approx(0 + 1 / 3 + 2 / 3 + 1)   # / 4 sequences = 50 %
     assert sums["sequence_error_sum"].item() == 3
+    assert sums["position_error_sum"].tolist() == [2, 3, 1]                           # wrong at each position
+    named = evaluate_model(Fixed(pred), torch.zeros(4, 5, 5, dtype=torch.uint8), y, batch_size=4)
+    assert {k: named[k] for k in ("position1_error", "position2_error", "position3_error")} == {
+        "position1_error": 0.5, "position2_error": 0.75, "position3_error": 0.25}
+    assert not any(isinstance(v, list) for v in named.values())                 # scalars only: MLflow logs them
+
+
+@pytest.mark.parametrize("start, area, xs, spread", [("identity", 1.0, [0, 0, 0], 0.0),
+                                                      ("strips", 1 / 3, [-2 / 3, 0, 2 / 3], 4 / 9)])
+def test_the_glimpse_diagnostics_say_where_each_step_looks(start, area, xs, spread):
+    torch.manual_seed(0)
+    model = RNNSPN(60, 3, 10, downsample=2.0, theta_start=start).eval()          # theta = its start exactly
+    images, labels = torch.randint(0, 256, (5, 60, 60), dtype=torch.uint8), torch.zeros(5, 3, dtype=torch.long)
+    m = evaluate_model(model, images, labels, batch_size=2)
+    assert m["glimpse_area"] == pytest.approx(area) and m["glimpse_spread"] == pytest.approx(spread, abs=1e-7)
+    assert [m[f"glimpse{t}_x"] for t in (1, 2, 3)] == pytest.approx(xs, abs=1e-7)
+    with torch.no_grad():
+        model.theta.bias.copy_(torch.tensor([0.5, 0, 0.25, 0, 0.5, 0]))             # every step: a quarter, right
+    m = evaluate_model(model, torch.zeros(5, 60, 60, dtype=torch.uint8), torch.zeros(5, 3, dtype=torch.long), 5)
+    assert m["glimpse_area"] == pytest.approx(area / 4) and m["glimpse1_x"] == pytest.approx(xs[0] + 0.25)
 
 
 def test_registry_builds_the_papers_models_with_their_glimpse_sizes():
@@ -205,6 +226,8 @@ def test_rnn_spn_trains_and_logs_the_attention_figures(capsys, root, data_dir):
     assert m["test_sequence_error"] * 40 == pytest.approx(round(m["test_sequence_error"] * 40))   # all 40 test images
     assert summary["best_epoch"] in (1, 2) and m["best_test_per_digit_error"] <= 1.0
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    for key in ("valid_position3_error", "test_glimpse_spread", "valid_glimpse1_x", "test_glimpse_area"):
+        assert [h.step for h in client.get_metric_history(summary["mlflow"]["run_id"], key)] == [1, 2], key
     figures = {f.path for f in client.list_artifacts(summary["mlflow"]["run_id"], "figures")}
     assert figures == {f"figures/{n}.png" for n in ("test_predictions", "confusion_matrix", "attention_boxes",
                                                      "glimpses")}

@@ -106,18 +106,35 @@ class SequenceClassifier(nn.Module):
         """Cross-entropy averaged over positions and batch (the original's loss; it added 1e-5 inside
         the log of the softmax, here log_softmax is used), and sums over the batch of: per-sequence
         mean NLL, fraction of wrong digits, whether any digit is wrong."""
-        logp = self.classify(x)
+        return self.scored(self.classify(x), y)
+
+    @staticmethod
+    def scored(logp: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)          # (B,)
         wrong = logp.argmax(-1) != y                                           # (B, digits)
         return nll.mean(), {"nll_sum": nll.detach().double().sum(),
                             "per_digit_error_sum": wrong.double().mean(-1).sum(),
                             "sequence_error_sum": wrong.any(-1).sum()}
 
+    @classmethod
+    def eval_scored(cls, logp: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss's sums and, for evaluations only, the error at each position (a vector;
+        `summarize` names them)."""
+        return {**cls.scored(logp, y)[1], "position_error_sum": (logp.argmax(-1) != y).double().sum(0)}
+
     def forward(self, x: torch.Tensor, y: torch.Tensor):
         return self.loss(x, y)   # the training loop calls model(**batch): DDP syncs gradients through forward
 
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.loss(x, y)[1]
+        return self.eval_scored(self.classify(x), y)
+
+    def summarize(self, metrics: dict) -> dict:
+        """The per-position vectors as one figure per position: `position<t>_error`, `glimpse<t>_x`."""
+        out = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+        for key, name in (("position_error", "position{}_error"), ("glimpse_x", "glimpse{}_x")):
+            for t, v in enumerate(metrics.get(key, []), start=1):
+                out[name.format(t)] = v
+        return out
 
     def inference(self, options: InferenceOptions) -> nn.Module:
         """The exported graph: log-probabilities per position (models/interface.py); the spatial

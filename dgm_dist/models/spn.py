@@ -75,6 +75,20 @@ def glimpse_corners(theta: torch.Tensor, image_size: int) -> torch.Tensor:
     return (source + 1) / 2 * (image_size - 1)
 
 
+def glimpse_sums(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where the glimpses look, summed over the batch (docs/models.md, *diagnostics*), from thetas
+    (B, T, 2, 3) in the sampler's coordinates (the image spans [-1, 1]): `glimpse_area`, the mean
+    fraction of the image each glimpse covers (|det A|; 1 at the identity); `glimpse_x`, each step's
+    centre across the image (a vector, -1 left edge, +1 right); `glimpse_spread`, the mean distance
+    of a step's centre from the mean of its sequence's centres (0 while every step sees the same box)."""
+    theta = theta.detach().double()
+    area = torch.linalg.det(theta[..., :2]).abs()                                  # (B, T)
+    centre = theta[..., 2]                                                         # (B, T, 2)
+    spread = (centre - centre.mean(1, keepdim=True)).norm(dim=-1).mean(-1)        # (B,)
+    return {"glimpse_area_sum": area.mean(-1).sum(), "glimpse_x_sum": centre[..., 0].sum(0),
+            "glimpse_spread_sum": spread.sum()}
+
+
 def localisation_features(image_size: int, channels: tuple[int, ...], dropout: float) -> tuple[nn.Module, int]:
     """MaxPool 2, then the conv stack (docs/models.md: 100 -> 50 -> 48 -> 24 -> 22 -> 11 -> 9, i.e.
     20 x 9 x 9 features). Returns the module and its flattened output size."""
@@ -129,6 +143,10 @@ class CNNSPN(SequenceClassifier):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)[0]
 
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        log_probs, theta, _ = self.attend(x)
+        return {**self.eval_scored(log_probs, y), **glimpse_sums(theta)}
+
     def inference(self, options: InferenceOptions) -> nn.Module:
         return Attend(self)
 
@@ -177,6 +195,10 @@ class RNNSPN(SequenceClassifier):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)[0]
+
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        log_probs, theta, _ = self.attend(x)
+        return {**self.eval_scored(log_probs, y), **glimpse_sums(theta)}
 
     def inference(self, options: InferenceOptions) -> nn.Module:
         return Attend(self)
