@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -213,7 +214,7 @@ def table(out: Path, family: str, arms: dict, log: bool) -> str:
                  ", ".join("`" + r["mlflow_run_id"][:8] + "`" for r in arm_runs)]
         seeds = ", ".join(str(r["seed"]) for r in arm_runs)
         lines.append(f"| {arm} | {setting} | {seeds} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
+    text = "\n".join(lines) + diagnostics(found)
     (out / "table.md").write_text(text + "\n")
     if not any(found.values()):
         return text
@@ -236,6 +237,26 @@ def table(out: Path, family: str, arms: dict, log: bool) -> str:
                 mlflow.log_artifact(str(f))
         text += f"\nMLflow run {family}-results {summary.info.run_id}"
     return text
+
+
+def diagnostics(found: dict[str, list[dict]]) -> str:
+    """The test figures per position of the sequence and where the glimpses look, at the budget
+    (docs/models.md, *diagnostics*), for the arms whose runs have them; "" when none has."""
+    def key_order(k: str) -> tuple:
+        return (not k.startswith("test_position"), k)
+    keys = sorted({k for arm_runs in found.values() for r in arm_runs for k in r["metrics"]
+                   if re.fullmatch(r"test_(position\d+_error|glimpse\w*)", k)}, key=key_order)
+    rows = [(arm, arm_runs) for arm, arm_runs in found.items() if arm_runs and keys[0] in arm_runs[0]["metrics"]] \
+        if keys else []
+    if not rows:
+        return ""
+    lines = ["", "", "| arm | seeds | " + " | ".join(k.removeprefix("test_") for k in keys) + " |",
+             "|---" * (len(keys) + 2) + "|"]
+    for arm, arm_runs in rows:
+        cells = [spread([r["metrics"][k] for r in arm_runs if k in r["metrics"]], 100 if "error" in k else 1,
+                        2 if "error" in k else 3) if any(k in r["metrics"] for r in arm_runs) else "–" for k in keys]
+        lines.append(f"| {arm} | {', '.join(str(r['seed']) for r in arm_runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 TITLES = {"ssl": "Fashion-MNIST, 100 labels", "spn": "cluttered Fashion-MNIST sequences of 3"}

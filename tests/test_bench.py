@@ -214,9 +214,15 @@ def test_results_of_the_sequence_models_carry_the_sequence_error_and_the_attenti
     out = run("results.py", "all", "--family", "spn", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
               "--root", str(tmp_path / "runs"), "--data-dir", str(data), "--set", "data.dataset=cluttered-mnist",
               "--no-log", timeout=600)
-    (cells,) = rows(out, "RNN-SPN, d = 3")
+    cells, where = rows(out, "RNN-SPN, d = 3")          # the table, then the per-position diagnostics
     per_digit, sequence = float(cells[3]), float(cells[4])
     assert 0 <= per_digit <= sequence <= 100, cells
+    head = next(line for line in out.splitlines() if line.startswith("| arm | seeds |"))
+    assert [c.strip() for c in head.strip("|").split("|")][2:] == [
+        "position1_error", "position2_error", "position3_error", "glimpse1_x", "glimpse2_x", "glimpse3_x",
+        "glimpse_area", "glimpse_spread"], head
+    positions = [float(c) for c in where[2:5]]
+    assert sum(positions) / 3 == pytest.approx(per_digit, abs=0.02) and 0 < float(where[8]) < 2, where  # area
     assert (tmp_path / "out" / "attention_boxes_best.png").stat().st_size > 1000     # the RNN-SPN's
     assert (tmp_path / "out" / "rnn-spn-d-3-seed0-attention.png").stat().st_size > 1000  # kept beside its JSON
 
