@@ -17,7 +17,7 @@ Each run is `dgm-dist train PRESET --max-minutes M --set seed=S`; the seed chang
 weights and the batches, not the labelled subset, the held-out images or the sequences.
 `train` skips arms whose JSON is in OUT, so an interrupted sweep is continued by running it again
 (an interrupted arm starts over under a new name: a resumed run would get a second budget).
-Each run's JSON keeps its own history (every test_/valid_ metric against minutes and steps, read
+Each run's JSON keeps its own history (every test_/valid_ metric against minutes and epochs, read
 from MLflow when the run ends) and, for the spatial transformers, a copy of its attention-box figure:
 the table and the curves need nothing else, so a sweep spread over machines (docs/runs/, committed)
 outlives the MLflow store of each machine.

@@ -116,7 +116,22 @@ class Attend(nn.Module):
         return log_probs, theta
 
 
-class CNNSPN(SequenceClassifier):
+class Attending(SequenceClassifier):
+    """What both spatial transformers share once `attend` is defined: classification, the
+    evaluation's sums with the glimpse diagnostics, the exported graph."""
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        log_probs, theta, _ = self.attend(x)
+        return {**self.eval_scored(log_probs, y), **glimpse_sums(theta)}
+
+    def inference(self, options: InferenceOptions) -> nn.Module:
+        return Attend(self)
+
+
+class CNNSPN(Attending):
     """The FFN-SPN of the original code: localisation convs -> dense -> theta; one glimpse; the
     classifier with one softmax head per digit position."""
 
@@ -140,18 +155,8 @@ class CNNSPN(SequenceClassifier):
         logits = self.classifier(glimpses).view(-1, self.digits, self.num_classes)
         return F.log_softmax(logits, dim=-1), theta, glimpses
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(x)[0]
 
-    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_probs, theta, _ = self.attend(x)
-        return {**self.eval_scored(log_probs, y), **glimpse_sums(theta)}
-
-    def inference(self, options: InferenceOptions) -> nn.Module:
-        return Attend(self)
-
-
-class RNNSPN(SequenceClassifier):
+class RNNSPN(Attending):
     """The recurrent spatial transformer: one GRU step, theta and glimpse per digit; one classifier
     shared over the glimpses; the loss is the cross-entropy averaged over the steps."""
 
@@ -192,13 +197,3 @@ class RNNSPN(SequenceClassifier):
         g = glimpses.shape[-1]
         logits = self.classifier(glimpses.reshape(-1, 1, g, g)).view(-1, self.steps, self.num_classes)
         return F.log_softmax(logits, dim=-1), theta, glimpses
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(x)[0]
-
-    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_probs, theta, _ = self.attend(x)
-        return {**self.eval_scored(log_probs, y), **glimpse_sums(theta)}
-
-    def inference(self, options: InferenceOptions) -> nn.Module:
-        return Attend(self)
