@@ -23,6 +23,13 @@ def _tree(proc: psutil.Process) -> list[psutil.Process]:
     return [proc, *proc.children(recursive=True)]
 
 
+def _is_train_worker(p: psutil.Process) -> bool:
+    try:
+        return "TrainWorker" in p.name() or "TrainWorker" in " ".join(p.cmdline())
+    except psutil.Error:        # ended meanwhile, or a zombie not yet reaped (a CI run saw ray::IDLE)
+        return False
+
+
 def _listeners(procs) -> list[tuple[str, int, str]]:
     found = []
     for p in procs:
@@ -65,8 +72,7 @@ def embedded_run(tmp_path_factory):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     driver = psutil.Process(proc.pid)
     deadline = time.time() + 180
-    while not any("TrainWorker" in p.name() or "TrainWorker" in " ".join(p.cmdline()) for p in _tree(driver)
-                  if p.is_running()):
+    while not any(_is_train_worker(p) for p in _tree(driver)):
         assert proc.poll() is None, f"the run ended early: {proc.stderr.read()[-2000:]}"
         assert time.time() < deadline, "no Ray Train worker within 3 minutes"
         time.sleep(1)

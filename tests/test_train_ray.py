@@ -109,10 +109,10 @@ def test_killed_worker_resumes_to_the_same_result_and_one_metric_series(tmp_path
 
 
 def test_one_worker_resume_is_bitwise(tmp_path, data_dir):
-    staged = Path(tempfile.gettempdir()).glob("dgm-checkpoint-*")
-    before = set(staged)
-    whole = train(_cfg(tmp_path, data_dir, 1, 3), run_name="whole", out=None)
-    assert set(Path(tempfile.gettempdir()).glob("dgm-checkpoint-*")) == before   # staging dirs removed
+    # the staging dirs carry the run's name: other tests' runs (other xdist workers) stage beside them
+    name = f"whole-{tmp_path.name}"
+    whole = train(_cfg(tmp_path, data_dir, 1, 3), run_name=name, out=None)
+    assert not list(Path(tempfile.gettempdir()).glob(f"dgm-checkpoint-{name}-*"))   # staging dirs removed
     train(_cfg(tmp_path, data_dir, 1, 1), run_name="parts", out=None)
     resumed = train(_cfg(tmp_path, data_dir, 1, 3), run_name="parts", out=None)
     assert [h["epoch"] for h in resumed.history] == [2, 3]                  # epoch 1 came from the checkpoint

@@ -15,6 +15,7 @@ restarted from it repeats what the uninterrupted run did, bit for bit on one CPU
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -373,7 +374,9 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Path | None, opts: LoopOpti
 
 def _checkpoint_dir(local_dir: str | None, epoch: int) -> Path:
     if local_dir is None:              # Ray copies it into the run's storage; see _report
-        return Path(tempfile.mkdtemp(prefix="dgm-checkpoint-"))
+        # named after the run, so a leftover says whose it is (and a test can find its own)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", ray.train.get_context().get_experiment_name())[:60]
+        return Path(tempfile.mkdtemp(prefix=f"dgm-checkpoint-{name}-"))
     local_dir = Path(local_dir)
     path = local_dir / f"checkpoint_epoch={epoch + 1:06d}"
     for old in sorted(local_dir.glob("checkpoint_epoch=*"))[:-1]:   # keep this one and the previous
