@@ -22,7 +22,8 @@ from MLflow when the run ends) and, for the spatial transformers, a copy of its 
 the table and the curves need nothing else, so a sweep spread over machines (docs/runs/, committed)
 outlives the MLflow store of each machine.
 `table` prints the final test figures at the budget and the test figure at the epoch of the best
-VALIDATION figure (never chosen on the test set), as mean ± half the range over the seeds; draws
+VALIDATION figure (never chosen on the test set), as mean ± half the range over the seeds, and every
+arm's test figure after the last epoch all runs reached (equal data, whatever the machine); draws
 every arm's test figure against minutes in one figure (OUT/learning_curves.png); copies the
 attention-box figure of the best run by validation (spatial transformers); and logs the table and
 figures to an MLflow run `<family>-results` of the same experiment.
@@ -214,7 +215,7 @@ def table(out: Path, family: str, arms: dict, log: bool) -> str:
                  ", ".join("`" + r["mlflow_run_id"][:8] + "`" for r in arm_runs)]
         seeds = ", ".join(str(r["seed"]) for r in arm_runs)
         lines.append(f"| {arm} | {setting} | {seeds} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + diagnostics(found)
+    text = "\n".join(lines) + equal_data(found, metric) + diagnostics(found)
     (out / "table.md").write_text(text + "\n")
     if not any(found.values()):
         return text
@@ -237,6 +238,26 @@ def table(out: Path, family: str, arms: dict, log: bool) -> str:
                 mlflow.log_artifact(str(f))
         text += f"\nMLflow run {family}-results {summary.info.run_id}"
     return text
+
+
+def equal_data(found: dict[str, list[dict]], metric: str) -> str:
+    """The test figure of every run after the last epoch that all of them reached: equal data for
+    every arm, whatever the machine's speed (a budget in minutes buys more steps on a faster machine
+    and for a cheaper model; docs/results.md §3.1); "" when no run has a history."""
+    key = f"test_{metric}"
+    histories = [(arm, r, {int(p[1]): p for p in r["history"][key]})
+                 for arm, arm_runs in found.items() for r in arm_runs if r.get("history", {}).get(key)]
+    if not histories:
+        return ""
+    epoch = min(max(h) for _, _, h in histories)
+    lines = ["", "", f"| arm | seeds | test {metric.replace('_', ' ')} after epoch {epoch} (%) | "
+             f"minutes to epoch {epoch} |", "|---|---|---|---|"]
+    for arm in found:
+        mine = [(r, h[epoch]) for a, r, h in histories if a == arm and epoch in h]
+        if mine:
+            lines.append(f"| {arm} | {', '.join(str(r['seed']) for r, _ in mine)} | "
+                         f"{spread([p[-1] for _, p in mine])} | {' / '.join(f'{p[0]:.1f}' for _, p in mine)} |")
+    return "\n".join(lines)
 
 
 def diagnostics(found: dict[str, list[dict]]) -> str:

@@ -214,9 +214,10 @@ def test_results_of_the_sequence_models_carry_the_sequence_error_and_the_attenti
     out = run("results.py", "all", "--family", "spn", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
               "--root", str(tmp_path / "runs"), "--data-dir", str(data), "--set", "data.dataset=cluttered-mnist",
               "--no-log", timeout=600)
-    cells, where = rows(out, "RNN-SPN, d = 3")          # the table, then the per-position diagnostics
+    cells, equal, where = rows(out, "RNN-SPN, d = 3")   # the table, equal data, the per-position diagnostics
     per_digit, sequence = float(cells[3]), float(cells[4])
     assert 0 <= per_digit <= sequence <= 100, cells
+    assert "| test per digit error after epoch 1 (%) |" in out and float(equal[2]) == per_digit, equal  # 1 epoch
     head = next(line for line in out.splitlines() if line.startswith("| arm | seeds |"))
     assert [c.strip() for c in head.strip("|").split("|")][2:] == [
         "position1_error", "position2_error", "position3_error", "glimpse1_x", "glimpse2_x", "glimpse3_x",
