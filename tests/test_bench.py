@@ -184,7 +184,8 @@ def test_results_train_each_arm_then_tabulate_and_draw_the_curves(tmp_path):
     data = write_mnist_dir(tmp_path / "fashion", n_train=600, n_test=200)       # small real-format files
     out = run("results.py", "all", "--family", "ssl", "--quick", "--minutes", "5", "--out", str(tmp_path / "out"),
               "--root", str(tmp_path / "runs"), "--data-dir", str(data), timeout=600)
-    (cells,) = rows(out, "SDGM")
+    cells, equal = rows(out, "SDGM")                             # the table, then equal data (epoch 1)
+    assert "| test error after epoch 1 (%) |" in out and equal[1] == "0" and equal[2] == cells[3], equal
     assert cells[2] == "0" and 0 <= float(cells[3]) <= 100 and 0 <= float(cells[4]) <= 100, cells
     assert int(cells[5]) == 1 and int(cells[6]) > 0 and re.fullmatch(r"`[0-9a-f]{8}`", cells[9]), cells
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
@@ -198,7 +199,7 @@ def test_results_train_each_arm_then_tabulate_and_draw_the_curves(tmp_path):
     assert [p[1] for p in record["history"]["test_error"]] == [record["epochs"]], record  # MLflow step: the epoch
     shutil.rmtree(tmp_path / "runs")              # the MLflow store gone (another machine): the JSON is enough
     again = run("results.py", "table", "--family", "ssl", "--quick", "--out", str(tmp_path / "out"), "--no-log")
-    assert rows(again, "SDGM") == [cells] and (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
+    assert rows(again, "SDGM") == [cells, equal] and (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
 
 
 def test_results_refuses_seeds_no_chosen_arm_has(tmp_path):
@@ -218,7 +219,7 @@ def test_results_of_the_sequence_models_carry_the_sequence_error_and_the_attenti
     per_digit, sequence = float(cells[3]), float(cells[4])
     assert 0 <= per_digit <= sequence <= 100, cells
     assert "| test per digit error after epoch 1 (%) |" in out and float(equal[2]) == per_digit, equal  # 1 epoch
-    head = next(line for line in out.splitlines() if line.startswith("| arm | seeds |"))
+    head = next(line for line in out.splitlines() if line.startswith("| arm | seeds | position1_error"))
     assert [c.strip() for c in head.strip("|").split("|")][2:] == [
         "position1_error", "position2_error", "position3_error", "glimpse1_x", "glimpse2_x", "glimpse3_x",
         "glimpse_area", "glimpse_spread"], head
