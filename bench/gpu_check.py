@@ -111,11 +111,13 @@ def ray_train(device: str, quick: bool) -> None:
     from ray.train.torch import TorchTrainer
 
     from dgm_dist.config import load_config
+    from dgm_dist.training.embedded_ray import free_port
     from dgm_dist.training.launcher import train
 
     gpu = device == "cuda"
     # one local Ray for the probe and the training (train() joins a Ray this process started)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    # the dashboard's port chosen, not Ray's default (docs/training.md, two Rays on one machine)
+    ray.init(address="local", include_dashboard=False, dashboard_port=free_port(), log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = TorchTrainer(nccl_probe, scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=gpu),

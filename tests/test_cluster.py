@@ -4,6 +4,7 @@ and DDP across two Ray nodes (two raylets on localhost)."""
 import copy
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -115,6 +116,11 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _ray(*args, env):
     ray = Path(sys.executable).with_name("ray")
     return subprocess.run([str(ray), *args], capture_output=True, text=True, env=env, timeout=180)
@@ -126,7 +132,8 @@ def two_nodes(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port = _port()
     head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                "--resources={\"node_a\": 1}", "--include-dashboard=false", "--disable-usage-stats", env=env)
+                "--resources={\"node_a\": 1}", "--include-dashboard=false", f"--dashboard-port={_port()}",
+                "--disable-usage-stats", env=env)       # not Ray's default port: see users_ray below
     assert head.returncode == 0, head.stderr
     try:
         worker = _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -185,6 +192,83 @@ def test_ddp_across_two_nodes_matches_a_single_node_run(two_nodes, tmp_path):
     single = train(where="one")                                   # the embedded single-node Ray
     for k in ("test_error", "test_nll", "valid_error", "valid_nll", "train_loss"):
         assert spread["metrics"][k] == pytest.approx(single["metrics"][k], rel=1e-6), k
+
+
+# ---- another Ray on the same machine (docs/training.md, two Rays on one machine) ---------------------
+@pytest.fixture
+def users_ray():
+    """`start()` starts the user's own `ray start --head` on this machine, its dashboard where Ray
+    puts it by default (port 8265; on 127.0.0.1 here), and returns once the dashboard serves."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port, started = _port(), []
+
+    def start():
+        assert not _listening(8265), "port 8265 is taken: this test needs it free"
+        head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-agent-listen-port={_port()}", "--disable-usage-stats", env=env)
+        started.append(port)
+        assert head.returncode == 0, head.stderr
+        deadline = time.time() + 90
+        while not _listening(8265):
+            assert time.time() < deadline, "the dashboard of `ray start` did not come up on 8265 in 90 s"
+            time.sleep(1)
+
+    yield env, start
+    if started:
+        _stop(port)
+
+
+def _trains(driver) -> bool:
+    """Whether a Ray Train worker runs under this driver (the embedded Ray's processes are its children)."""
+    import psutil
+
+    for p in driver.children(recursive=True):
+        try:
+            if "TrainWorker" in p.name() or "TrainWorker" in " ".join(p.cmdline()):
+                return True
+        except psutil.Error:            # ended meanwhile
+            pass
+    return False
+
+
+@pytest.mark.slow
+def test_an_embedded_run_beside_another_rays_dashboard_keeps_its_workers(users_ray, tmp_path):
+    # Ray Train's placement-group cleaner asks the dashboard address our GCS records whether our
+    # controller lives. With Ray's default port, free when our Ray started, another Ray's dashboard
+    # that took the port later answered "not found", and the cleaner removed the live run's workers
+    # ("its placement group was removed"): a CI run of bench/host_sync.py beside a Tune test
+    import psutil
+
+    env, start_users_ray = users_ray
+    data = write_mnist_dir(tmp_path / "mnist", n_train=400, n_test=100)
+    with open(tmp_path / "log", "w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dgm_dist.cli", "train", "mlp", "--dataset", "mnist", "--data-dir", str(data),
+             "--workers", "2", "--epochs", "100000", "--set", "data.validation=100", "--set", "model.hidden=16",
+             "--set", "optim.batch_size=50", "--set", f"tracking.root={tmp_path}"],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while not _trains(psutil.Process(proc.pid)):
+                assert proc.poll() is None, out.seek(0) or out.read()[-3000:]
+                assert time.time() < deadline, "no Ray Train worker within 3 minutes"
+                time.sleep(1)
+            start_users_ray()                       # while our workers train
+            time.sleep(20)                          # the cleaner asks every second
+            alive = proc.poll() is None
+        finally:
+            if proc.poll() is None:                 # the run would train on: stop it
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        out.seek(0)
+        log = out.read()
+    assert alive, log[-3000:]
+    assert "placement group was removed" not in log and "epoch" in log, log[-3000:]
 
 
 # ---- Ray Jobs: the second way in (docs/cluster.md) ----------------------------------------------------

@@ -21,6 +21,7 @@ from dgm_dist.data import load_from_config
 from dgm_dist.models.mlp import MLPClassifier
 from dgm_dist.models.registry import DataInfo, build_model
 from dgm_dist.training import state
+from dgm_dist.training.embedded_ray import free_port
 from dgm_dist.training.evaluation import evaluate_model
 from dgm_dist.training.faults import KillWorker
 from dgm_dist.training.launcher import drill_marker, storage_path, train
@@ -35,7 +36,9 @@ TIMING_KEYS = ("epoch_seconds", "throughput", "first_step_at")
 def local_ray():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the dashboard's port chosen, not Ray's default: another Ray's dashboard there would be asked
+    # whether our Train controllers live (docs/training.md, two Rays on one machine)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, dashboard_port=free_port(), log_to_driver=False)
     yield
     ray.shutdown()
 

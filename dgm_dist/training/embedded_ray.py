@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import stat
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def loopback_node():
             os.environ.pop(SINGLE_MACHINE, None)
         else:
             os.environ[SINGLE_MACHINE] = previous_env
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server of the embedded Ray whose default port another Ray
+    on this machine may hold (the GCS, the dashboard: launcher.RaySession)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def token_path() -> Path | None:

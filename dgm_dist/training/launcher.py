@@ -275,8 +275,12 @@ class RaySession:
             else:
                 # Ray Train's placement-group cleaner, inside a worker, finds its cluster by
                 # RAY_ADDRESS or by scanning the machine, which fails when another Ray runs here;
-                # so the GCS port is chosen first and every worker gets RAY_ADDRESS
-                port = _free_port()
+                # so the GCS port is chosen first and every worker gets RAY_ADDRESS. The cleaner then asks
+                # the State API at the dashboard address the GCS records, Ray's default port (8265)
+                # even with the dashboard off; where another Ray's dashboard serves that port, our
+                # controller is not found there, counted dead, and the live run's workers removed.
+                # So the dashboard port is chosen too (docs/training.md, two Rays on one machine).
+                port = embedded_ray.free_port()
                 previous = os.environ.get("RAY_GCS_SERVER_PORT")
                 os.environ["RAY_GCS_SERVER_PORT"] = str(port)
                 try:
@@ -285,7 +289,8 @@ class RaySession:
                     embedded_ray.private_token()
                     with embedded_ray.loopback_node():
                         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=self.dashboard,
-                                 dashboard_host="127.0.0.1", resources=self.resources,
+                                 dashboard_host="127.0.0.1", dashboard_port=embedded_ray.free_port(),
+                                 resources=self.resources,
                                  runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}}, **kwargs)
                 finally:
                     if previous is None:
@@ -303,14 +308,6 @@ class RaySession:
 
         if self.started:
             ray.shutdown()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _quiet_ray(verbose: bool) -> None:
