@@ -4,7 +4,6 @@ and DDP across two Ray nodes (two raylets on localhost)."""
 import copy
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from drivers import stop, trains
 from formats import write_mnist_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,19 +219,6 @@ def users_ray():
         _stop(port)
 
 
-def _trains(driver) -> bool:
-    """Whether a Ray Train worker runs under this driver (the embedded Ray's processes are its children)."""
-    import psutil
-
-    for p in driver.children(recursive=True):
-        try:
-            if "TrainWorker" in p.name() or "TrainWorker" in " ".join(p.cmdline()):
-                return True
-        except psutil.Error:            # ended meanwhile
-            pass
-    return False
-
-
 @pytest.mark.slow
 def test_an_embedded_run_beside_another_rays_dashboard_keeps_its_workers(users_ray, tmp_path):
     # Ray Train's placement-group cleaner asks the dashboard address our GCS records whether our
@@ -250,7 +237,7 @@ def test_an_embedded_run_beside_another_rays_dashboard_keeps_its_workers(users_r
             stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         try:
             deadline = time.time() + 180
-            while not _trains(psutil.Process(proc.pid)):
+            while not trains(psutil.Process(proc.pid)):
                 assert proc.poll() is None, out.seek(0) or out.read()[-3000:]
                 assert time.time() < deadline, "no Ray Train worker within 3 minutes"
                 time.sleep(1)
@@ -258,13 +245,8 @@ def test_an_embedded_run_beside_another_rays_dashboard_keeps_its_workers(users_r
             time.sleep(20)                          # the cleaner asks every second
             alive = proc.poll() is None
         finally:
-            if proc.poll() is None:                 # the run would train on: stop it
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            if proc.poll() is None:                 # the run would train on
+                stop(proc)
         out.seek(0)
         log = out.read()
     assert alive, log[-3000:]

@@ -4,13 +4,13 @@ loopback; the token file is the user's only; the GCS refuses a client with a wro
 accepts one with the right token (the control that makes the refusal mean something)."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import psutil
 import pytest
+from drivers import stop, trains
 from formats import write_mnist_dir
 
 # slow: not in `make test-fast`; one xdist group: the embedded run the tests inspect is started once
@@ -21,13 +21,6 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
     return [proc, *proc.children(recursive=True)]
-
-
-def _is_train_worker(p: psutil.Process) -> bool:
-    try:
-        return "TrainWorker" in p.name() or "TrainWorker" in " ".join(p.cmdline())
-    except psutil.Error:        # ended meanwhile, or a zombie not yet reaped (a CI run saw ray::IDLE)
-        return False
 
 
 def _listeners(procs) -> list[tuple[str, int, str]]:
@@ -72,18 +65,13 @@ def embedded_run(tmp_path_factory):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     driver = psutil.Process(proc.pid)
     deadline = time.time() + 180
-    while not any(_is_train_worker(p) for p in _tree(driver)):
+    while not trains(driver):
         assert proc.poll() is None, f"the run ended early: {proc.stderr.read()[-2000:]}"
         assert time.time() < deadline, "no Ray Train worker within 3 minutes"
         time.sleep(1)
     time.sleep(3)            # the worker's own servers and the dashboard agent
     yield driver, home
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop(proc)
 
 
 def test_every_listener_of_an_embedded_run_is_on_loopback(embedded_run):
