@@ -3,7 +3,8 @@
 Each trial is a function that builds the trial's run config (the study's base with the sampled
 parameters), a `TorchTrainer` named after the trial (a restarted trial resumes from its Train
 checkpoints) and fits it; `TuneReportCallback` forwards every report to Tune, so the scheduler
-(ASHA by default, on the `epoch` metric) sees the validation figure. Trial drivers take a small
+(ASHA by default, on the `epoch` metric) sees the validation figure, and Train waits until Tune has
+taken each report (`_in_step_with_tune`). Trial drivers take a small
 custom resource (`dgm_trial_driver`) instead of a CPU, so trials' workers get the cores.
 
 MLflow is written by the driver only: one parent run for the study and, through a Tune callback,
@@ -71,11 +72,33 @@ def run_trial(config: dict[str, Any], study: Study) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = study.trial_config(config["params"])
     options = LoopOptions(cfg, raise_nonfinite=True, check_every=check_every(cfg))
-    trainer = make_trainer(cfg, f"trial-{trial_id}", study_dirs(study)[1], options, callbacks=[TuneReportCallback()])
+    trainer = make_trainer(cfg, f"trial-{trial_id}", study_dirs(study)[1], options,
+                           callbacks=[_in_step_with_tune(TuneReportCallback)()])
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise _explain(e) from None
+
+
+def _in_step_with_tune(report_callback):
+    """Ray's `TuneReportCallback`, waiting after each report until Tune has taken it (docs/tuning.md,
+    *Train in step with Tune*). Tune takes a trial's next result only after deciding on the one
+    before, so Train runs at most one report ahead of the scheduler: the checkpoint of the result
+    on which ASHA stops a trial is always among the two Train keeps, and a stopped trial trains at
+    most one report's worth more. Without the wait, Train ran two reports ahead on a busy driver
+    and deleted that checkpoint (CI, 2026-12-07), and a Train run that ended with its last report
+    still in the queue left the trial's actor blocked in Ray for good (the study hung)."""
+
+    class InStepWithTune(report_callback):
+        def after_report(self, run_context, metrics, checkpoint):
+            super().after_report(run_context, metrics, checkpoint)
+            try:
+                while not self._training_actor_item_queue.empty():
+                    time.sleep(0.01)
+            except Exception:  # noqa: BLE001 - the trial (and its queue) is gone: Tune stopped it
+                pass
+
+    return InStepWithTune
 
 
 def check_trials(study: Study) -> None:
