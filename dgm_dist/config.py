@@ -114,6 +114,7 @@ class ScalingConfig:
     placement_strategy: str = choice("PACK", "PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")  # workers over nodes
     checkpoint_every: int = bounded(1, 1)     # epochs between evaluations + checkpoints
     report_every: int = bounded(1, 1)         # epochs between progress reports (raise it for tiny epochs)
+    flush_denormal: bool = True               # CPU: subnormal floats as 0 (speed; docs/training.md)
 
 
 @dataclass

@@ -115,6 +115,7 @@ def test_one_worker_resume_is_bitwise(tmp_path, data_dir):
     # the staging dirs carry the run's name: other tests' runs (other xdist workers) stage beside them
     name = f"whole-{tmp_path.name}"
     whole = train(_cfg(tmp_path, data_dir, 1, 3), run_name=name, out=None)
+    assert whole.metrics["subnormals_flushed"] == 1     # every thread of the worker flushes (denormals.py)
     assert not list(Path(tempfile.gettempdir()).glob(f"dgm-checkpoint-{name}-*"))   # staging dirs removed
     train(_cfg(tmp_path, data_dir, 1, 1), run_name="parts", out=None)
     resumed = train(_cfg(tmp_path, data_dir, 1, 3), run_name="parts", out=None)

@@ -36,7 +36,7 @@ from dgm_dist.data.pixels import to_unit
 from dgm_dist.errors import DivergedError
 from dgm_dist.models.registry import build_model, model_spec
 from dgm_dist.training import data as training_data
-from dgm_dist.training import schedules, state
+from dgm_dist.training import denormals, schedules, state
 from dgm_dist.training.evaluation import evaluate_model
 from dgm_dist.training.figures import write_figures
 from dgm_dist.training.optim import clip_gradients, make_optimizer
@@ -66,7 +66,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     checkpoint = ray.train.get_checkpoint()
 
+    # before any parallel op, so that the intra-op threads take the flags (docs/training.md)
+    flushed = denormals.flush_denormals(cfg.scaling.flush_denormal)
     run = _Run.build(cfg, rank, world)                 # (2) Ray: prepare_model (DDP) and the device
+    run.subnormals_flushed = bool(flushed)
     with ExitStack() as stack:
         resume_from = _checkpoint_to_resume(checkpoint, opts, stack)
         saved = state.load(resume_from) if resume_from is not None else None
@@ -117,6 +120,7 @@ class _Run:
     step: int = 0                      # optimizer steps taken
     best: dict | None = None           # the best validation epoch so far (track_best)
     first_step_at: float | None = None
+    subnormals_flushed: bool = False   # every intra-op thread flushes subnormal floats to 0
     generator: torch.Generator | None = None    # this epoch's draws (start_epoch)
 
     @classmethod
@@ -165,6 +169,7 @@ class _Window:
     def close(self, run: _Run, epoch: int, lr: float, out_of_time: bool) -> dict[str, Any]:
         """The report's metrics; the window starts again empty."""
         metrics = {"epoch": epoch + 1, "step": run.step, "lr": lr, "epoch_seconds": self.seconds / self.epochs,
+                   "subnormals_flushed": int(run.subnormals_flushed),
                    **_train_metrics(self.sums, run.world, self.seconds, run.device)}
         if run.first_step_at and not self.first_step_reported:
             metrics["first_step_at"], self.first_step_reported = run.first_step_at, True
